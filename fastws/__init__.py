@@ -1,0 +1,51 @@
+"""fastws: a fast WebSocket platform for Python.
+
+A Cython frame engine driven by uvloop, a server and a client with a
+high-level ``async for`` API and a zero-copy listener API.
+"""
+
+from fastws._frames import CloseCode, Opcode
+from fastws.client import connect
+from fastws.connection import Connection, Listener, Message
+from fastws.exceptions import (
+    BufferFull,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    FastWSError,
+    HandshakeError,
+    InvalidHandshake,
+    PayloadTooBig,
+    ProtocolError,
+)
+from fastws.handshake import CompressionOptions, Headers, Request, Response
+from fastws.server import Accept, Server, run, serve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Accept",
+    "BufferFull",
+    "CloseCode",
+    "CompressionOptions",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "FastWSError",
+    "HandshakeError",
+    "Headers",
+    "InvalidHandshake",
+    "Listener",
+    "Message",
+    "Opcode",
+    "PayloadTooBig",
+    "ProtocolError",
+    "Request",
+    "Response",
+    "Server",
+    "__version__",
+    "connect",
+    "run",
+    "serve",
+]

@@ -1,0 +1,1301 @@
+# cython: language_level=3
+"""The I/O shell: one asyncio BufferedProtocol per WebSocket connection.
+
+Theory of operation
+-------------------
+A :class:`Connection` is the protocol the event loop drives *and* the object
+the application talks to (``ws``): one object per connection keeps an idle
+connection small.
+
+States: HANDSHAKE -> OPEN -> CLOSING -> CLOSED.
+
+1. Reads land in a per-thread scratch buffer (``get_buffer`` returns the
+   endpoint's exporter pointing at it), or, while a large payload is being
+   received, straight into that message's own buffer. An idle connection
+   holds no read buffer.
+2. ``buffer_updated`` runs the FrameParser at C level and dispatches each
+   event before reading on. Frames written while dispatching (echoes,
+   pongs) are corked in the endpoint's FrameWriter and leave in one
+   ``transport.write`` when the read has been processed.
+3. Two ways to consume messages share this engine: a *listener* (callbacks
+   ``on_message(ws, msg)`` with a zero-copy :class:`Message`) or the *queue*
+   used by ``recv()`` / ``async for``. In queue mode a CLOSE or a protocol
+   error that arrives behind queued messages is queued too, so the
+   application sees (and answers) every message sent before it.
+4. Errors map to close codes in ``_fail`` only; a peer's misbehaviour is
+   logged at debug level, never as a traceback.
+5. Timers (handshake timeout, keepalive pings, idle timeout, closing
+   timeout) are checked by one periodic sweep per endpoint, so a
+   connection carries no timer handles.
+"""
+
+cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE, PyBytes_CheckExact
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport uint8_t, uint32_t
+from libc.string cimport memcpy
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+from fastws._frames cimport (
+    FrameParser, FrameWriter, Deflate, Opcode,
+    EV_NEED_MORE, EV_MESSAGE, EV_PING, EV_PONG, EV_CLOSE,
+    fastws_scratch, FASTWS_SCRATCH_SIZE, build_frame_c, write_header, valid_close_code,
+)
+
+import asyncio
+import collections
+import logging
+import os
+
+from fastws.exceptions import (
+    BufferFull,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    HandshakeError,
+    InvalidHandshake,
+    ProtocolError,
+)
+from fastws import handshake as _hs
+
+cdef object logger = logging.getLogger("fastws")
+cdef object _deque = collections.deque
+cdef object _Future = asyncio.Future
+cdef object _ProtocolError = ProtocolError
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+
+cdef char* _FMT_B = b"B"
+
+
+cdef enum State:
+    HANDSHAKE = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+cdef enum:
+    LARGE_SEND = 65536      # payloads at least this big are written without copying (writev)
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+def monotonic():
+    """The clock the timeouts use (seconds, CLOCK_MONOTONIC)."""
+    return _now()
+
+
+# ---------------------------------------------------------------- awaitables
+
+cdef class _Ready:
+    """What ``send()`` returns when nothing needs waiting for: awaiting it
+    finishes at once without allocating anything."""
+    def __await__(self):
+        return _EXHAUSTED
+
+cdef object _EXHAUSTED = iter(())
+cdef _Ready READY = _Ready()
+
+
+# ---------------------------------------------------------------- messages
+
+@cython.freelist(32)
+@cython.final
+cdef class Message:
+    """One received message, handed to a listener's ``on_message``.
+
+    It supports the buffer protocol (``memoryview(msg)``, ``bytes(msg)``)
+    and ``ws.send(msg)`` echoes it with its own opcode.
+
+    .. warning:: Zero-copy. The payload may live in the connection's read
+       buffer: it is valid only during the ``on_message`` call. Call
+       ``msg.bytes()`` / ``msg.text()`` to keep it; a Message kept past the
+       call raises ValueError, and a memoryview kept past it sees
+       overwritten data.
+    """
+    cdef:
+        const uint8_t* _ptr
+        Py_ssize_t _len
+        readonly int opcode
+        object _owner           # bytes holding the payload, or None for a view
+        bint _valid
+        Py_ssize_t _shape[1]
+
+    def __init__(self):
+        raise TypeError("Message objects are created by fastws")
+
+    @staticmethod
+    cdef Message new(int opcode, const uint8_t* ptr, Py_ssize_t n, object owner):
+        cdef Message m = Message.__new__(Message)
+        m.opcode = opcode
+        m._ptr = ptr
+        m._len = n
+        m._owner = owner
+        m._valid = True
+        return m
+
+    cdef inline void _invalidate(self):
+        if self._owner is None:
+            self._valid = False
+            self._ptr = NULL
+            self._len = 0
+
+    cdef inline int _check(self) except -1:
+        if not self._valid:
+            raise ValueError("Message used after on_message returned; copy it with msg.bytes() or msg.text()")
+        return 0
+
+    @property
+    def is_text(self):
+        return self.opcode == 1
+
+    @property
+    def is_binary(self):
+        return self.opcode == 2
+
+    def __len__(self):
+        self._check()
+        return self._len
+
+    def bytes(self):
+        """The payload as bytes (a copy unless the message already owns bytes)."""
+        self._check()
+        if self._owner is not None and PyBytes_CheckExact(self._owner) and PyBytes_GET_SIZE(self._owner) == self._len:
+            return self._owner
+        return PyBytes_FromStringAndSize(<char*>self._ptr, self._len)
+
+    def text(self):
+        """The payload decoded as UTF-8 (TEXT messages are already validated)."""
+        self._check()
+        return PyUnicode_DecodeUTF8(<char*>self._ptr, self._len, "strict")
+
+    def data(self):
+        """``text()`` for a TEXT message, ``bytes()`` for a BINARY one."""
+        return self.text() if self.opcode == 1 else self.bytes()
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        self._check()
+        if flags & 0x0001:  # PyBUF_WRITABLE
+            raise BufferError("Message payloads are read-only")
+        self._shape[0] = self._len
+        view.buf = <void*>self._ptr
+        view.obj = self
+        view.len = self._len
+        view.readonly = 1
+        view.itemsize = 1
+        if flags & 0x0004:
+            view.format = _FMT_B
+        else:
+            view.format = NULL
+        view.ndim = 1
+        view.shape = self._shape if flags & 0x0008 else NULL
+        view.strides = NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __repr__(self):
+        kind = "TEXT" if self.opcode == 1 else "BINARY"
+        return f"<Message {kind} {self._len} bytes>" if self._valid else "<Message (expired)>"
+
+
+cdef class _Pending:
+    """A CLOSE or a failure waiting in the receive queue behind messages."""
+    cdef int code
+    cdef str reason
+    cdef bint failure
+
+
+# ---------------------------------------------------------------- reader
+
+@cython.final
+cdef class _ReadTarget:
+    """Buffer exporter handed to the event loop by ``get_buffer``; it points
+    at the scratch buffer or at a large message's own buffer."""
+    cdef uint8_t* ptr
+    cdef Py_ssize_t size
+    cdef Py_ssize_t _shape[1]
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        self._shape[0] = self.size
+        view.buf = <void*>self.ptr
+        view.obj = self
+        view.len = self.size
+        view.readonly = 0
+        view.itemsize = 1
+        if flags & 0x0004:
+            view.format = _FMT_B
+        else:
+            view.format = NULL
+        view.ndim = 1
+        view.shape = self._shape if flags & 0x0008 else NULL
+        view.strides = NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+
+# ---------------------------------------------------------------- endpoint
+
+cdef class Endpoint:
+    """Settings and shared state of every connection of one server (or of the
+    client connections of one event loop): limits, timeouts, the cork
+    writer, the scratch exporter, the live connections and the sweep timer.
+
+    Attributes are plain Python-visible settings; see :func:`fastws.serve`.
+    """
+    cdef public bint is_client
+    cdef public Py_ssize_t max_size
+    cdef public Py_ssize_t max_queue
+    cdef public Py_ssize_t write_limit
+    cdef public Py_ssize_t max_write_buffer
+    cdef public double ping_interval
+    cdef public double ping_timeout
+    cdef public double idle_timeout
+    cdef public double close_timeout
+    cdef public double handshake_timeout
+    cdef public Py_ssize_t max_header_size
+    cdef public object compression          #: CompressionOptions or None
+    cdef public object accept               #: server: callable(conn, request) -> ConnectionSpec
+    cdef public object loop
+    cdef public set connections
+    cdef public bint draining
+    cdef FrameWriter _cork
+    cdef _ReadTarget _target
+    cdef object _sweep_handle
+    cdef double _sweep_every
+
+    def __init__(self, bint is_client=False, *, Py_ssize_t max_size=1 << 20, Py_ssize_t max_queue=32,
+                 Py_ssize_t write_limit=65536, Py_ssize_t max_write_buffer=16 << 20,
+                 double ping_interval=20.0, double ping_timeout=20.0, double idle_timeout=0.0,
+                 double close_timeout=10.0, double handshake_timeout=10.0,
+                 Py_ssize_t max_header_size=16384, object compression=None, object accept=None,
+                 object loop=None):
+        self.is_client = is_client
+        self.max_size = max_size
+        self.max_queue = max_queue
+        self.write_limit = write_limit
+        self.max_write_buffer = max_write_buffer
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.idle_timeout = idle_timeout
+        self.close_timeout = close_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_header_size = max_header_size
+        self.compression = compression
+        self.accept = accept
+        self.loop = loop
+        self.connections = set()
+        self.draining = False
+        self._cork = FrameWriter(is_client)
+        self._target = _ReadTarget()
+        self._sweep_handle = None
+        timeouts = [t for t in (ping_interval, ping_timeout, idle_timeout, close_timeout, handshake_timeout) if t > 0]
+        self._sweep_every = min([1.0] + [t / 4 for t in timeouts])
+
+    cdef void _register(self, Connection conn):
+        self.connections.add(conn)
+        if self._sweep_handle is None and self.loop is not None:
+            self._sweep_handle = self.loop.call_later(self._sweep_every, self._sweep)
+
+    cdef void _unregister(self, Connection conn):
+        self.connections.discard(conn)
+
+    def _sweep(self):
+        """Check every connection's deadlines (runs every ``_sweep_every`` s)."""
+        cdef double now = _now()
+        cdef Connection conn
+        self._sweep_handle = None
+        for conn in list(self.connections):
+            try:
+                conn._check_timers(now)
+            except Exception:  # never let one connection stop the sweep
+                logger.exception("fastws: error in a connection timer")
+        if self.connections:
+            self._sweep_handle = self.loop.call_later(self._sweep_every, self._sweep)
+
+    def stop(self):
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+
+# ---------------------------------------------------------------- connection
+
+cdef class _Base:
+    pass
+
+
+cdef class Connection(_Base, asyncio.BufferedProtocol):
+    """One WebSocket connection: the protocol the event loop drives and the
+    object handlers receive (``ws``).
+
+    High-level use::
+
+        async for message in ws:        # str for TEXT, bytes for BINARY
+            await ws.send(message)
+
+    Low-level use: a listener's ``on_message(ws, msg)`` gets a zero-copy
+    :class:`Message` and calls ``ws.send(...)`` without awaiting.
+    """
+    cdef:
+        readonly Endpoint endpoint
+        readonly object transport
+        object _write
+        object _loop
+        FrameParser _parser
+        Deflate _deflate
+        int _state
+        bint _corked
+        bint _direct
+        object _hs                      #: ServerHandshake / ClientHandshake during the handshake
+        readonly object request         #: handshake.Request (server side)
+        readonly object response_headers  #: handshake.Headers (client side)
+        readonly str subprotocol
+        object _listener
+        object _queue                   #: deque of str | bytes | _Pending, created on first use
+        object _waiter                  #: Future of a recv() waiting for the queue
+        object _handler                 #: coroutine function run after the handshake (server)
+        readonly object task            #: the handler's task
+        object _open_waiter             #: client: Future resolved when the handshake completes
+        object _closed_waiter           #: Future resolved by connection_lost, created on demand
+        object _drain_waiter
+        object _pings                   #: dict payload -> (Future, sent_at), created on demand
+        bint _paused_writing
+        bint _paused_reading
+        bint _close_sent
+        bint _close_received
+        bint _lost
+        bint _notified_close
+        bint _input_closed              # a CLOSE or an error was read: parse nothing more
+        readonly int close_code
+        readonly str close_reason
+        int _sent_close_code
+        double _last_recv
+        double _opened_at
+        double _ping_sent
+        bytes _ping_payload
+        double _deadline                #: closing / failing / handshake deadline
+        readonly double latency         #: seconds of the last keepalive ping round trip
+        public object user              #: free slot for application data (e.g. auth claims)
+        public object data              #: free slot for per-connection application data
+        object __weakref__
+
+    def __init__(self, Endpoint endpoint not None, *, object handler=None, object listener=None,
+                 object client_handshake=None, object open_waiter=None):
+        self.endpoint = endpoint
+        self._loop = endpoint.loop
+        self._state = HANDSHAKE
+        self._handler = handler
+        self._listener = listener
+        self._hs = client_handshake
+        self._open_waiter = open_waiter
+        self.close_code = 1006
+        self.close_reason = ""
+        self.latency = 0.0
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def remote_address(self):
+        """``(host, port)`` of the peer."""
+        if self.request is not None and self.request.remote_address is not None:
+            return self.request.remote_address
+        if self.transport is not None:
+            return self.transport.get_extra_info("peername")
+        return None
+
+    @property
+    def local_address(self):
+        return self.transport.get_extra_info("sockname") if self.transport is not None else None
+
+    @property
+    def open(self):
+        """True while messages can be sent."""
+        return self._state == OPEN and not self._close_sent
+
+    @property
+    def closed(self):
+        """True once the TCP connection is gone."""
+        return self._state == CLOSED
+
+    @property
+    def state(self):
+        return ("HANDSHAKE", "OPEN", "CLOSING", "CLOSED")[self._state]
+
+    @property
+    def is_client(self):
+        return self.endpoint.is_client
+
+    @property
+    def compression(self):
+        """The negotiated permessage-deflate state, or None."""
+        return self._deflate
+
+    @property
+    def path(self):
+        return self.request.path if self.request is not None else None
+
+    @property
+    def headers(self):
+        return self.request.headers if self.request is not None else self.response_headers
+
+    @property
+    def buffered_amount(self):
+        """Bytes written but not yet accepted by the kernel."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def __repr__(self):
+        return f"<fastws.Connection {self.state} {self.remote_address}>"
+
+    # ------------------------------------------------------------ asyncio protocol
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._write = transport.write
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            if self.endpoint.loop is None:
+                self.endpoint.loop = self._loop
+        self._last_recv = self._opened_at = _now()
+        if self.endpoint.write_limit > 0:
+            try:
+                transport.set_write_buffer_limits(high=self.endpoint.write_limit)
+            except (AttributeError, NotImplementedError):
+                pass
+        if self.endpoint.handshake_timeout > 0:
+            self._deadline = self._last_recv + self.endpoint.handshake_timeout
+        self.endpoint._register(self)
+        if self.endpoint.is_client:
+            self._write(self._hs.request_bytes())
+        elif self.endpoint.draining:
+            self._reject(HandshakeError(503, "Server shutting down"))
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        cdef _ReadTarget t = self.endpoint._target
+        cdef Py_ssize_t size = 0
+        cdef uint8_t* p = NULL
+        if self._state == OPEN and self._parser is not None:
+            p = self._parser.direct_target(&size)
+        if p != NULL:
+            self._direct = True
+            t.ptr = p
+            t.size = size
+        else:
+            self._direct = False
+            t.ptr = fastws_scratch()
+            if t.ptr == NULL:
+                raise MemoryError()
+            t.size = FASTWS_SCRATCH_SIZE
+        return t
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        cdef uint8_t* data
+        self._last_recv = _now()
+        if self._direct:
+            self._direct = False
+            if self._state != OPEN:
+                return
+            self._corked = True
+            try:
+                self._parser.direct_written(nbytes)
+                self._process(NULL, 0)
+            except ProtocolError as exc:
+                self._fail(exc.code, exc.reason)
+            finally:
+                self._uncork()
+            return
+        data = fastws_scratch()
+        if self._state == OPEN and not self._input_closed:
+            self._corked = True
+            try:
+                self._process(data, nbytes)
+            except ProtocolError as exc:
+                self._fail(exc.code, exc.reason)
+            finally:
+                self._uncork()
+        elif self._state == HANDSHAKE:
+            self._handshake_data(data, nbytes)
+        # after a CLOSE or a failure: discard
+
+    def eof_received(self):
+        self._on_eof()
+        return False
+
+    def connection_lost(self, exc):
+        cdef bint first = not self._lost
+        self._lost = True
+        self._state = CLOSED
+        self.endpoint._unregister(self)
+        if self._parser is not None:
+            self._parser.reset()
+        if self._open_waiter is not None and not self._open_waiter.done():
+            if isinstance(exc, BaseException):
+                self._open_waiter.set_exception(exc)
+            else:
+                self._open_waiter.set_exception(InvalidHandshake("connection closed during the handshake"))
+        if self._drain_waiter is not None:
+            if not self._drain_waiter.done():
+                self._drain_waiter.set_result(None)
+            self._drain_waiter = None
+        if self._pings:
+            for fut, _ in self._pings.values():
+                if not fut.done():
+                    fut.set_exception(self._closed_exc())
+            self._pings = None
+        self._wake_waiter()
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+        if first:
+            self._notify_close()
+        self._write = None
+
+    def pause_writing(self):
+        self._paused_writing = True
+        if self._listener is not None and self.transport is not None and not self._paused_reading:
+            # a listener cannot await: stop reading until the peer reads what we wrote
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def resume_writing(self):
+        self._paused_writing = False
+        if self._drain_waiter is not None:
+            if not self._drain_waiter.done():
+                self._drain_waiter.set_result(None)
+            self._drain_waiter = None
+        if self._listener is not None and self._paused_reading and self._state != CLOSED:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        if self._listener is not None:
+            cb = getattr(self._listener, "on_drain", None)
+            if cb is not None:
+                self._call_listener(cb)
+
+    # ------------------------------------------------------------ handshake
+
+    cdef void _handshake_data(self, uint8_t* data, Py_ssize_t n):
+        chunk = PyBytes_FromStringAndSize(<char*>data, n)
+        if self.endpoint.is_client:
+            self._client_handshake_data(chunk)
+            return
+        if self._hs is None:
+            self._hs = _hs.ServerHandshake(self.endpoint.max_header_size)
+        try:
+            request = self._hs.feed_data(chunk)
+        except HandshakeError as exc:
+            self._reject(exc)
+            return
+        if request is None:
+            return
+        offset = self._hs.offset
+        self._hs = None
+        self.request = request
+        request.remote_address = self.transport.get_extra_info("peername")
+        try:
+            spec = self.endpoint.accept(self, request)
+        except HandshakeError as exc:
+            self._reject(exc)
+            return
+        except Exception as exc:
+            logger.exception("fastws: error while accepting %s", request.path)
+            self._reject(HandshakeError(500, "Internal Server Error"))
+            return
+        if isinstance(spec, _hs.Response):
+            self._respond(spec)
+            return
+        if asyncio.isfuture(spec) or asyncio.iscoroutine(spec):
+            # asynchronous acceptance: keep what came after the head, stop reading meanwhile
+            rest = chunk[offset:]
+            self.transport.pause_reading()
+            self._paused_reading = True
+            task = asyncio.ensure_future(spec)
+            task.add_done_callback(lambda t, rest=rest: self._accept_done(t, rest))
+            return
+        self._finish_accept(spec, chunk, offset)
+
+    def _accept_done(self, task, bytes rest):
+        if self._state != HANDSHAKE or self.transport is None:
+            return
+        try:
+            spec = task.result()
+        except HandshakeError as exc:
+            self._reject(exc)
+            return
+        except BaseException:
+            logger.exception("fastws: error while accepting %s", self.request.path)
+            self._reject(HandshakeError(500, "Internal Server Error"))
+            return
+        if isinstance(spec, _hs.Response):
+            self._respond(spec)
+            return
+        self._paused_reading = False
+        self.transport.resume_reading()
+        self._finish_accept(spec, rest, 0)
+
+    cdef void _finish_accept(self, object spec, object chunk, Py_ssize_t offset):
+        """Send the 101 and enter OPEN; ``chunk[offset:]`` are the first frames."""
+        cdef Py_ssize_t n
+        cdef uint8_t* rest
+        request = self.request
+        try:
+            key = _hs.validate_upgrade(request)
+        except HandshakeError as exc:
+            self._reject(exc)
+            return
+        subprotocol = spec.subprotocol
+        if subprotocol is None and spec.subprotocols:
+            subprotocol = _hs.select_subprotocol(request, spec.subprotocols)
+        ext = None
+        deflate = None
+        compression = spec.compression if spec.compression is not None else self.endpoint.compression
+        if compression:
+            try:
+                offers = _hs.parse_extensions(request.headers.get_all("sec-websocket-extensions"))
+            except ValueError:
+                offers = []
+            accepted = _hs.negotiate_deflate_server(offers, compression)
+            if accepted is not None:
+                ext, deflate = accepted
+        self._write(_hs.accept_response(key, subprotocol, ext, spec.headers))
+        self.subprotocol = subprotocol
+        self._listener = spec.listener
+        self._handler = spec.handler
+        self.user = spec.user
+        if spec.data is not None:
+            self.data = spec.data
+        self._open(deflate, spec.max_size if spec.max_size else self.endpoint.max_size)
+        if self._listener is not None:
+            cb = getattr(self._listener, "on_connect", None)
+            if cb is not None:
+                self._call_listener(cb)
+        elif self._handler is not None:
+            self.task = self._loop.create_task(self._run_handler())
+        n = len(chunk) - offset
+        if n > 0 and self._state == OPEN:
+            # frames that arrived with the head: parse them from a writable copy
+            rest = fastws_scratch()
+            memcpy(rest, PyBytes_AS_STRING(chunk) + offset, n)
+            self._corked = True
+            try:
+                self._process(rest, n)
+            except ProtocolError as exc:
+                self._fail(exc.code, exc.reason)
+            finally:
+                self._uncork()
+
+    cdef void _open(self, Deflate deflate, Py_ssize_t max_size):
+        self._deflate = deflate
+        self._parser = FrameParser(self.endpoint.is_client, max_size, deflate)
+        self._state = OPEN
+        self._deadline = 0
+        self._last_recv = _now()
+
+    cdef void _reject(self, object exc):
+        """Refuse the handshake with an HTTP status and a one-line reason."""
+        logger.debug("fastws: handshake refused %s: %s", self.transport.get_extra_info("peername")
+                     if self.transport is not None else None, exc)
+        if self.transport is None:
+            return
+        try:
+            self._write(_hs.error_response(exc))
+        except Exception:
+            pass
+        self._state = CLOSED
+        self.transport.close()
+
+    cdef void _respond(self, object response):
+        """Answer a plain HTTP request and close."""
+        self._write(response.to_bytes())
+        self._state = CLOSED
+        self.transport.close()
+
+    cdef void _client_handshake_data(self, bytes chunk):
+        cdef Py_ssize_t n
+        cdef uint8_t* rest
+        try:
+            done = self._hs.feed_data(chunk)
+        except InvalidHandshake as exc:
+            self._state = CLOSED
+            if self._open_waiter is not None and not self._open_waiter.done():
+                self._open_waiter.set_exception(exc)
+            self.transport.close()
+            return
+        if not done:
+            return
+        hs = self._hs
+        self._hs = None
+        self.subprotocol = hs.subprotocol
+        self.response_headers = hs.headers
+        self._open(hs.deflate, self.endpoint.max_size)
+        if self._open_waiter is not None and not self._open_waiter.done():
+            self._open_waiter.set_result(self)
+        cdef Py_ssize_t off = hs.offset
+        n = len(chunk) - off
+        if n > 0:
+            rest = fastws_scratch()
+            memcpy(rest, PyBytes_AS_STRING(chunk) + off, n)
+            self._corked = True
+            try:
+                self._process(rest, n)
+            except ProtocolError as exc:
+                self._fail(exc.code, exc.reason)
+            finally:
+                self._uncork()
+
+    async def _run_handler(self):
+        try:
+            await self._handler(self)
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            if self._state == OPEN:
+                self._close_now(1001, "")
+            raise
+        except BaseException as exc:
+            if self._state == OPEN and not self._close_sent:
+                logger.error("fastws: handler failed for %s", self.request.path if self.request else "?",
+                             exc_info=exc)
+                self._close_now(1011, "")
+            elif not isinstance(exc, Exception):
+                raise
+            return
+        if self._state == OPEN and not self._close_sent:
+            self._close_now(1000, "")
+
+    # ------------------------------------------------------------ receiving
+
+    cdef int _process(self, uint8_t* data, Py_ssize_t n) except -1:
+        """Parse ``data[0:n]`` and dispatch every event (called while corked)."""
+        cdef Py_ssize_t used = 0
+        cdef int ev
+        cdef FrameParser parser = self._parser
+        while self._state == OPEN and not self._input_closed:
+            ev = parser.next_event(data, n, &used)
+            data += used
+            n -= used
+            if ev == EV_NEED_MORE:
+                return 0
+            if ev == EV_MESSAGE:
+                self._on_message(parser)
+            elif ev == EV_PING:
+                self._on_ping(parser)
+            elif ev == EV_PONG:
+                self._on_pong(parser)
+            else:
+                self._on_close_frame(parser)
+        return 0
+
+    cdef int _on_message(self, FrameParser parser) except -1:
+        cdef Message msg
+        cdef object owner = parser.ev_obj
+        cdef object item
+        parser.ev_obj = None
+        if self._listener is not None:
+            msg = Message.new(parser.ev_opcode, parser.ev_ptr, parser.ev_len, owner)
+            try:
+                self._listener.on_message(self, msg)
+            except BaseException as exc:
+                self._listener_error(exc)
+            finally:
+                msg._invalidate()
+            return 0
+        if parser.ev_opcode == 1:
+            item = PyUnicode_DecodeUTF8(<char*>parser.ev_ptr, parser.ev_len, NULL)
+        elif owner is not None and PyBytes_CheckExact(owner):
+            item = owner
+        else:
+            item = PyBytes_FromStringAndSize(<char*>parser.ev_ptr, parser.ev_len)
+        self._enqueue(item)
+        return 0
+
+    cdef void _enqueue(self, object item):
+        if self._queue is None:
+            self._queue = _deque()
+        self._queue.append(item)
+        if self._waiter is not None:
+            self._wake_waiter()
+        if len(self._queue) >= self.endpoint.max_queue and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    cdef void _wake_waiter(self):
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    cdef int _on_ping(self, FrameParser parser) except -1:
+        if not self._close_sent:
+            self._send_raw(10, parser.ev_ptr, parser.ev_len, False)
+        if self._listener is not None:
+            cb = getattr(self._listener, "on_ping", None)
+            if cb is not None:
+                self._call_listener(cb, (PyBytes_FromStringAndSize(<char*>parser.ev_ptr, parser.ev_len),))
+        return 0
+
+    cdef int _on_pong(self, FrameParser parser) except -1:
+        payload = PyBytes_FromStringAndSize(<char*>parser.ev_ptr, parser.ev_len)
+        cdef double now = _now()
+        if self._ping_payload is not None and payload == self._ping_payload:
+            self.latency = now - self._ping_sent
+            self._ping_payload = None
+        if self._pings:
+            entry = self._pings.pop(payload, None)
+            if entry is not None:
+                fut, sent = entry
+                if not fut.done():
+                    fut.set_result(now - sent)
+        return 0
+
+    cdef int _on_close_frame(self, FrameParser parser) except -1:
+        cdef int code = parser.ev_close_code
+        reason = PyUnicode_DecodeUTF8(<char*>parser.ev_ptr, parser.ev_len, NULL)
+        self._close_received = True
+        self.close_code = code
+        self.close_reason = reason
+        self._input_closed = True
+        if self._listener is None and self._queue and not self._close_sent:
+            # messages are still queued: answer the CLOSE after the application read them
+            p = _Pending()
+            p.code = code
+            p.reason = reason
+            p.failure = False
+            self._queue.append(p)
+            self._deadline = _now() + self.endpoint.close_timeout
+            self._pause_reading()
+            return 0
+        self._answer_close()
+        return 0
+
+    cdef void _answer_close(self):
+        """The peer's CLOSE was received (and read by the app): reply and finish."""
+        cdef int code = self.close_code
+        if not self._close_sent:
+            reply = self.close_reason.encode("utf-8") if code != 1005 else b""
+            self._send_close(code if code != 1005 else 1005, reply)
+        self._state = CLOSING
+        if not self.endpoint.is_client:
+            # the server closes the TCP connection first (RFC 6455 7.1.1)
+            self._uncork()
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            self._deadline = _now() + self.endpoint.close_timeout
+        self._wake_waiter()
+        self._notify_close()
+
+    cdef void _on_eof(self):
+        if self._state == HANDSHAKE and self.endpoint.is_client and self._hs is not None:
+            # the server closed without finishing the response: report what it said
+            try:
+                self._hs.feed_data(b"")
+            except InvalidHandshake as exc:
+                if self._open_waiter is not None and not self._open_waiter.done():
+                    self._open_waiter.set_exception(exc)
+
+    # ------------------------------------------------------------ failing and closing
+
+    cdef void _fail(self, int code, str reason):
+        """Fail the connection (RFC 6455 7.1.7): the one place that maps errors to close codes."""
+        logger.debug("fastws: failing %s with %d (%s)", self.remote_address, code, reason)
+        self._input_closed = True
+        if self._listener is None and self._queue and self._state == OPEN and not self._close_sent:
+            p = _Pending()
+            p.code = code
+            p.reason = reason
+            p.failure = True
+            self._queue.append(p)
+            self._deadline = _now() + self.endpoint.close_timeout
+            self._pause_reading()
+            return
+        self._fail_now(code, reason)
+
+    cdef void _fail_now(self, int code, str reason):
+        self._input_closed = True
+        if self._parser is not None:
+            self._parser.reset()
+        if not self._close_received:
+            self.close_code = code
+            self.close_reason = reason
+        if not self._close_sent and self.transport is not None:
+            self._send_close(code, reason.encode("utf-8")[:123])
+        self._sent_close_code = code
+        self._state = CLOSING
+        self._deadline = _now() + self.endpoint.close_timeout
+        self._uncork()
+        if self.transport is not None:
+            # half-close: the peer reads our CLOSE, answers, then closes; no RST eats our frame
+            try:
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                else:
+                    self.transport.close()
+            except Exception:
+                self.transport.close()
+        self._wake_waiter()
+        self._notify_close(code)
+
+    cdef void _close_now(self, int code, str reason):
+        """Start the closing handshake from our side."""
+        if self._state >= CLOSING or self._close_sent:
+            return
+        self._send_close(code, reason.encode("utf-8")[:123])
+        self._state = CLOSING
+        self._deadline = _now() + self.endpoint.close_timeout
+
+    cdef void _pause_reading(self):
+        if not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            try:
+                self.transport.pause_reading()
+            except Exception:
+                pass
+
+    cdef void _notify_close(self, int code=0):
+        if self._notified_close:
+            return
+        self._notified_close = True
+        if self._listener is not None:
+            cb = getattr(self._listener, "on_close", None)
+            if cb is not None:
+                self._call_listener(cb, (code or self.close_code, self.close_reason))
+
+    cdef object _closed_exc(self):
+        cdef int code = self.close_code
+        if code in (1000, 1001) or (code == 1005 and self._close_received):
+            return ConnectionClosedOK(code, self.close_reason)
+        if self._close_sent and self._sent_close_code in (1000, 1001) and code == 1006 and not self._close_received:
+            return ConnectionClosedOK(self._sent_close_code, "")
+        return ConnectionClosedError(code, self.close_reason)
+
+    cdef int _check_timers(self, double now) except -1:
+        cdef Endpoint ep = self.endpoint
+        if self._state == CLOSED or self.transport is None:
+            return 0
+        if self._state == HANDSHAKE:
+            if self._deadline and now >= self._deadline:
+                logger.debug("fastws: handshake timeout %s", self.remote_address)
+                self._state = CLOSED
+                if self._open_waiter is not None and not self._open_waiter.done():
+                    self._open_waiter.set_exception(InvalidHandshake("opening handshake timed out"))
+                self.transport.abort()
+            return 0
+        if self._state == CLOSING:
+            if self._deadline and now >= self._deadline:
+                self.transport.abort()
+            return 0
+        # OPEN
+        if self._input_closed:
+            if self._deadline and now >= self._deadline:
+                # the application did not read its queue in time
+                self._drain_pending_now()
+            return 0
+        if ep.idle_timeout > 0 and now - self._last_recv >= ep.idle_timeout:
+            self._close_now(1001, "idle timeout")
+            return 0
+        if ep.ping_interval > 0:
+            if self._ping_payload is not None:
+                if ep.ping_timeout > 0 and now - self._ping_sent >= ep.ping_timeout:
+                    logger.debug("fastws: keepalive timeout %s", self.remote_address)
+                    self._fail_now(1011, "keepalive ping timeout")
+            elif now - self._last_recv >= ep.ping_interval and now - self._ping_sent >= ep.ping_interval:
+                self._ping_payload = os.urandom(4)
+                self._ping_sent = now
+                self._send_raw(9, <uint8_t*>PyBytes_AS_STRING(self._ping_payload), 4, False)
+        return 0
+
+    cdef void _drain_pending_now(self):
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, _Pending):
+                self._handle_pending(<_Pending>item)
+                return
+
+    cdef void _handle_pending(self, _Pending p):
+        if p.failure:
+            self._fail_now(p.code, p.reason)
+        else:
+            self._answer_close()
+
+    # ------------------------------------------------------------ sending
+
+    cdef int _send_raw(self, int opcode, const uint8_t* p, Py_ssize_t n, bint rsv1) except -1:
+        """Queue one frame: into the cork while dispatching, else straight to the transport."""
+        if self._write is None:
+            return 0
+        if self._corked:
+            self.endpoint._cork.write_frame(opcode, p, n, True, rsv1)
+        else:
+            self._write(build_frame_c(opcode, p, n, True, rsv1, self.endpoint.is_client))
+        return 0
+
+    cdef int _send_close(self, int code, bytes reason) except -1:
+        cdef uint8_t buf[125]
+        cdef Py_ssize_t n = 0
+        self._close_sent = True
+        self._sent_close_code = code
+        if code != 1005 and code != 0:
+            buf[0] = <uint8_t>(code >> 8)
+            buf[1] = <uint8_t>code
+            n = min(len(reason), 123)
+            if n:
+                memcpy(buf + 2, PyBytes_AS_STRING(reason), n)
+            n += 2
+        return self._send_raw(8, buf, n, False)
+
+    cdef int _uncork(self) except -1:
+        cdef FrameWriter cork
+        if not self._corked:
+            return 0
+        self._corked = False
+        cork = self.endpoint._cork
+        if cork.size():
+            data = cork.take()
+            if self._write is not None:
+                self._write(data)
+        return 0
+
+    cdef int _send_payload(self, int opcode, const uint8_t* p, Py_ssize_t n, object owner) except -1:
+        cdef uint8_t hdr[14]
+        cdef uint8_t key[4]
+        cdef Py_ssize_t h
+        cdef bint rsv1 = False
+        if self._deflate is not None and n >= self._deflate.compress_min_size:
+            if owner is None or not PyBytes_CheckExact(owner) or PyBytes_GET_SIZE(owner) != n:
+                owner = PyBytes_FromStringAndSize(<char*>p, n)
+            owner = self._deflate.compress(owner)
+            p = <uint8_t*>PyBytes_AS_STRING(owner)
+            n = PyBytes_GET_SIZE(owner)
+            rsv1 = True
+        if (n >= LARGE_SEND and not self.endpoint.is_client and owner is not None
+                and PyBytes_CheckExact(owner) and PyBytes_GET_SIZE(owner) == n):
+            # big immutable payload: header and payload leave in one writev, no copy
+            if self._corked:
+                self._uncork()
+                self._corked = True
+            h = write_header(hdr, opcode, True, rsv1, n, NULL)
+            self.transport.writelines((PyBytes_FromStringAndSize(<char*>hdr, h), owner))
+            return 0
+        return self._send_raw(opcode, p, n, rsv1)
+
+    cdef object _after_send(self):
+        cdef Endpoint ep = self.endpoint
+        if not self._paused_writing:
+            return READY
+        if ep.max_write_buffer and self.transport.get_write_buffer_size() > ep.max_write_buffer:
+            raise BufferFull(f"more than {ep.max_write_buffer} bytes buffered for a peer that does not read")
+        if self._drain_waiter is None:
+            self._drain_waiter = self._loop.create_future()
+        return self._drain_waiter
+
+    def send(self, object data, *, binary=None):
+        """Send one message: ``str`` as TEXT, bytes-like as BINARY, a :class:`Message` with its own opcode.
+
+        Returns an awaitable that completes at once unless the peer is not
+        reading (then it waits until the write buffer drains). Listeners may
+        ignore it.
+
+        Args:
+            data: the payload.
+            binary: force BINARY (True) or TEXT (False) for bytes-like data.
+
+        Raises:
+            ConnectionClosed: the closing handshake has started.
+            BufferFull: more than ``max_write_buffer`` bytes are waiting.
+        """
+        cdef Py_buffer view
+        cdef Py_ssize_t n
+        cdef const char* p
+        cdef Message msg
+        if self._state != OPEN or self._close_sent:
+            raise self._closed_exc() if self._state != HANDSHAKE else RuntimeError("connection not open yet")
+        if type(data) is str:
+            p = PyUnicode_AsUTF8AndSize(data, &n)
+            self._send_payload(2 if binary else 1, <const uint8_t*>p, n, None)
+        elif type(data) is Message:
+            msg = <Message>data
+            msg._check()
+            self._send_payload(msg.opcode, msg._ptr, msg._len, msg._owner)
+        elif PyBytes_CheckExact(data):
+            self._send_payload(1 if binary is False else 2, <const uint8_t*>PyBytes_AS_STRING(data),
+                               PyBytes_GET_SIZE(data), data)
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                self._send_payload(1 if binary is False else 2, <const uint8_t*>view.buf, view.len, None)
+            finally:
+                PyBuffer_Release(&view)
+        return self._after_send()
+
+    def send_frame(self, int opcode, object data=b"", *, bint fin=True, bint rsv1=False):
+        """Send one raw frame (fragmentation, tests, proxies). No compression is applied."""
+        cdef Py_buffer view
+        if self._state != OPEN or self._close_sent:
+            raise self._closed_exc()
+        if isinstance(data, str):
+            data = (<str>data).encode("utf-8")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if self._corked:
+                self.endpoint._cork.write_frame(opcode, <uint8_t*>view.buf, view.len, fin, rsv1)
+            else:
+                self._write(build_frame_c(opcode, <uint8_t*>view.buf, view.len, fin, rsv1, self.endpoint.is_client))
+        finally:
+            PyBuffer_Release(&view)
+        return self._after_send()
+
+    def ping(self, object data=None):
+        """Send a PING; the returned future resolves to the round-trip time when the PONG arrives."""
+        cdef Py_buffer view
+        if self._state != OPEN or self._close_sent:
+            raise self._closed_exc()
+        if data is None:
+            data = os.urandom(4)
+        elif isinstance(data, str):
+            data = (<str>data).encode("utf-8")
+        else:
+            data = bytes(data)
+        if len(data) > 125:
+            raise ValueError("ping payload longer than 125 bytes")
+        if self._pings is None:
+            self._pings = {}
+        fut = self._loop.create_future()
+        self._pings[data] = (fut, _now())
+        self._send_raw(9, <uint8_t*>PyBytes_AS_STRING(data), len(data), False)
+        return fut
+
+    def pong(self, object data=b""):
+        """Send an unsolicited PONG."""
+        if isinstance(data, str):
+            data = (<str>data).encode("utf-8")
+        data = bytes(data)
+        if len(data) > 125:
+            raise ValueError("pong payload longer than 125 bytes")
+        if self._state == OPEN and not self._close_sent:
+            self._send_raw(10, <uint8_t*>PyBytes_AS_STRING(data), len(data), False)
+        return READY
+
+    def close(self, int code=1000, str reason=""):
+        """Start the closing handshake; the returned awaitable finishes when the connection is closed.
+
+        Args:
+            code: a close code a peer may receive (1000-1003, 1007-1014, 3000-4999).
+            reason: at most 123 bytes of UTF-8.
+        """
+        rb = reason.encode("utf-8")
+        if len(rb) > 123:
+            raise ValueError("close reason longer than 123 bytes")
+        if not valid_close_code(code):
+            raise ValueError(f"invalid close code {code}")
+        if self._state == HANDSHAKE:
+            if self.transport is not None:
+                self.transport.close()
+        elif self._state == OPEN and not self._close_sent:
+            if not self._input_closed:
+                self._close_now(code, reason)
+        return self.wait_closed()
+
+    def abort(self):
+        """Drop the TCP connection at once, without a closing handshake."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def wait_closed(self):
+        """An awaitable that finishes once the TCP connection is closed."""
+        if self._state == CLOSED or self._loop is None:
+            fut = asyncio.get_event_loop().create_future() if self._loop is None else self._loop.create_future()
+            fut.set_result(None)
+            return fut
+        if self._closed_waiter is None:
+            self._closed_waiter = self._loop.create_future()
+        return asyncio.shield(self._closed_waiter)
+
+    def wait_open(self):
+        """Client: an awaitable finishing when the opening handshake completed."""
+        return self._open_waiter
+
+    # ------------------------------------------------------------ high-level receive
+
+    async def recv(self):
+        """The next message: ``str`` for TEXT, ``bytes`` for BINARY.
+
+        Raises:
+            ConnectionClosedOK: after a normal close (1000/1001).
+            ConnectionClosedError: after an error close or a dropped connection.
+        """
+        cdef object item
+        if self._listener is not None:
+            raise RuntimeError("recv() is not available on a connection with a listener")
+        while True:
+            if self._queue:
+                item = self._queue.popleft()
+                if type(item) is _Pending:
+                    self._handle_pending(<_Pending>item)
+                    raise self._closed_exc()
+                if self._paused_reading and len(self._queue) <= (self.endpoint.max_queue >> 1) \
+                        and self._state == OPEN and self.transport is not None:
+                    self._paused_reading = False
+                    self.transport.resume_reading()
+                return item
+            if self._state != OPEN or self._close_received:
+                raise self._closed_exc()
+            if self._waiter is not None:
+                raise RuntimeError("recv() called while another coroutine is already waiting for a message")
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
+
+    # ------------------------------------------------------------ listener plumbing
+
+    cdef void _call_listener(self, object cb, tuple args=()):
+        try:
+            cb(self, *args)
+        except BaseException as exc:
+            self._listener_error(exc)
+
+    cdef void _listener_error(self, object exc):
+        if isinstance(exc, ConnectionClosed):
+            return
+        if isinstance(exc, BufferFull):
+            logger.info("fastws: closing %s: %s", self.remote_address, exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if not isinstance(exc, Exception):
+            raise exc
+        logger.error("fastws: listener failed for %s", self.request.path if self.request else "?",
+                     exc_info=exc)
+        if self._state == OPEN and not self._close_sent:
+            self._close_now(1011, "")
+
+    cpdef _going_away(self, int code=1001, str reason="server shutting down"):
+        """Graceful shutdown: close this connection with ``code``."""
+        if self._state == OPEN and not self._close_sent:
+            self._close_now(code, reason)
+            self._uncork()
+        elif self._state == HANDSHAKE and self.transport is not None and not self.endpoint.is_client:
+            self._state = CLOSED
+            self.transport.close()

@@ -1,0 +1,234 @@
+"""The WebSocket client: ``fastws.connect(url, ...)``.
+
+Same engine and same :class:`~fastws.Connection` API as the server side.
+``await connect(url)`` or ``async with connect(url) as ws`` opens one
+connection; ``async for ws in connect(url, reconnect=True)`` reconnects with
+exponential backoff and jitter whenever the connection drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl as _ssl
+from collections.abc import AsyncIterator, Generator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastws._protocol import Connection, Endpoint
+from fastws.exceptions import ConnectionClosed, InvalidHandshake
+from fastws.handshake import ClientHandshake
+from fastws.server import compression_options
+
+__all__ = ["connect", "parse_url"]
+
+logger = logging.getLogger("fastws.client")
+
+
+def parse_url(url: str) -> tuple[bool, str, int, str, str]:
+    """Split a ws:// or wss:// URL into ``(secure, host, port, target, host_header)``.
+
+    Raises:
+        ValueError: not a WebSocket URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"not a WebSocket URL (ws:// or wss://): {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    host = parts.hostname
+    host_header = f"[{host}]" if ":" in host else host
+    if parts.port is not None and parts.port != (443 if secure else 80):
+        host_header += f":{parts.port}"
+    return secure, host, port, target, host_header
+
+
+class connect:
+    """Open a client connection to ``url``.
+
+    Args:
+        url: ``ws://host[:port]/path?query`` or ``wss://...``.
+        subprotocols: offered subprotocols, in preference order.
+        compression: offer permessage-deflate (True by default; False to turn off,
+            or a CompressionOptions).
+        headers: extra request headers, a dict or ``(name, value)`` pairs.
+        origin: an Origin header.
+        max_size: largest incoming message (1009 beyond). Default 1 MiB.
+        max_queue: messages buffered for ``recv()`` before reading pauses.
+        open_timeout: bound on TCP connect plus handshake, seconds.
+        ping_interval / ping_timeout: keepalive (None: off).
+        close_timeout: bound on the closing handshake.
+        ssl: an SSLContext for wss:// (default: the system's default context).
+        server_hostname: TLS server name override.
+        reconnect: with ``async for``, reconnect after a drop or a failed attempt.
+        backoff_initial / backoff_max / backoff_factor: reconnect delays (seconds),
+            each multiplied by a random jitter in [0.5, 1.0].
+        max_attempts: give up after this many failed attempts in a row (None: never).
+    """
+
+    def __init__(self, url: str, *, subprotocols: Sequence[str] = (), compression: Any = True,
+                 headers: Any = None, origin: str | None = None, max_size: int = 1 << 20,
+                 max_queue: int = 32, write_limit: int = 65536, max_write_buffer: int = 16 << 20,
+                 open_timeout: float = 10.0, ping_interval: float | None = 20.0,
+                 ping_timeout: float | None = 20.0, close_timeout: float = 10.0,
+                 ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
+                 user_agent: str | None = "fastws", reconnect: bool = False, backoff_initial: float = 0.5,
+                 backoff_max: float = 30.0, backoff_factor: float = 2.0, max_attempts: int | None = None,
+                 max_header_size: int = 16384) -> None:
+        self.url = url
+        self.secure, self.host, self.port, self.target, self.host_header = parse_url(url)
+        self.subprotocols = list(subprotocols)
+        self.compression = compression_options(compression)
+        if headers is None:
+            self.headers: list[tuple[str, str]] = []
+        elif isinstance(headers, dict):
+            self.headers = list(headers.items())
+        else:
+            self.headers = list(headers)
+        if origin is not None:
+            self.headers.append(("Origin", origin))
+        self.max_size = max_size
+        self.max_queue = max_queue
+        self.write_limit = write_limit
+        self.max_write_buffer = max_write_buffer
+        self.open_timeout = open_timeout
+        self.ping_interval = ping_interval or 0.0
+        self.ping_timeout = ping_timeout or 0.0
+        self.close_timeout = close_timeout
+        if self.secure and (ssl is None or ssl is True):
+            ssl = _ssl.create_default_context()
+        elif not self.secure and ssl:
+            raise ValueError("ssl= given for a ws:// URL")
+        self.ssl = ssl or None
+        self.server_hostname = server_hostname
+        self.user_agent = user_agent
+        self.reconnect = reconnect
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.backoff_factor = backoff_factor
+        self.max_attempts = max_attempts
+        self.max_header_size = max_header_size
+        self._conn: Connection | None = None
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        endpoint = Endpoint(
+            True,
+            max_size=self.max_size,
+            max_queue=self.max_queue,
+            write_limit=self.write_limit,
+            max_write_buffer=self.max_write_buffer,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            close_timeout=self.close_timeout,
+            handshake_timeout=0.0,
+            max_header_size=self.max_header_size,
+            compression=self.compression,
+            loop=loop,
+        )
+        hs = ClientHandshake(self.host_header, self.target, self.subprotocols, self.compression, self.headers,
+                             self.max_header_size, self.user_agent)
+        opened: asyncio.Future[Connection] = loop.create_future()
+        transport = None
+        try:
+            async with _timeout(self.open_timeout):
+                kw: dict[str, Any] = {}
+                if self.ssl is not None:
+                    kw["ssl"] = self.ssl
+                    kw["server_hostname"] = self.server_hostname or self.host
+                transport, conn = await loop.create_connection(
+                    lambda: Connection(endpoint, client_handshake=hs, open_waiter=opened),
+                    self.host, self.port, **kw)
+                await opened
+        except asyncio.TimeoutError:
+            if transport is not None:
+                transport.abort()
+            raise InvalidHandshake(f"timed out opening {self.url}") from None
+        except BaseException:
+            if transport is not None:
+                transport.abort()
+            raise
+        return conn  # type: ignore[no-any-return]
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await self._connect()
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    def _delay(self, attempt: int) -> float:
+        base = min(self.backoff_max, self.backoff_initial * (self.backoff_factor ** attempt))
+        return base * random.uniform(0.5, 1.0)
+
+    async def __aiter__(self) -> AsyncIterator[Connection]:
+        """Yield a connection; with ``reconnect=True``, a new one after each drop."""
+        failures = 0
+        while True:
+            try:
+                conn = await self._connect()
+            except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+                if not self.reconnect:
+                    raise
+                status = getattr(exc, "status", 0)
+                if status and 400 <= status < 500 and status not in (408, 429):
+                    raise  # the server refuses us on purpose: retrying will not help
+                failures += 1
+                if self.max_attempts is not None and failures >= self.max_attempts:
+                    raise
+                delay = self._delay(failures - 1)
+                logger.info("fastws: connecting to %s failed (%s); retrying in %.2fs", self.url, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            try:
+                yield conn
+            except ConnectionClosed:
+                pass
+            finally:
+                if not conn.closed:
+                    await conn.close()
+            if not self.reconnect:
+                return
+            await asyncio.sleep(self._delay(0))
+
+
+class _timeout:
+    """asyncio.timeout for Python 3.10."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._expired = False
+
+    async def __aenter__(self) -> _timeout:
+        self._task = asyncio.current_task()
+        if self.delay and self.delay > 0:
+            self._handle = asyncio.get_running_loop().call_later(self.delay, self._expire)
+        return self
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._expired and exc_type is asyncio.CancelledError:
+            if hasattr(self._task, "uncancel"):
+                self._task.uncancel()  # type: ignore[union-attr]
+            raise asyncio.TimeoutError()
+        return False

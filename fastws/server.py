@@ -1,0 +1,362 @@
+"""The WebSocket server: ``fastws.serve`` (embeddable) and ``fastws.run`` (blocking).
+
+``serve()`` wraps ``loop.create_server`` with the Cython protocol, and owns
+graceful shutdown: stop accepting, close every connection with 1001, wait for
+the handlers, abort what is left after the timeout. uvloop is used by ``run()``
+when it is installed; ``serve()`` runs on whatever loop is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import socket
+import ssl as _ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastws._protocol import Connection, Endpoint
+from fastws.connection import Listener
+from fastws.exceptions import HandshakeError
+from fastws.handshake import CompressionOptions, Request, Response
+
+__all__ = ["Accept", "Server", "serve", "run", "resolve_app", "compression_options"]
+
+logger = logging.getLogger("fastws")
+
+Handler = Callable[[Connection], Awaitable[Any]]
+
+
+class Accept:
+    """How to run an accepted WebSocket connection (what an app's accept hook returns).
+
+    Args:
+        handler: ``async def handler(ws)``, run in a task (high-level API).
+        listener: a :class:`Listener` instance for this connection (low-level API).
+        subprotocol: the subprotocol to answer with, or None.
+        subprotocols: the server's supported subprotocols, in preference order
+            (the first one the client offered is chosen) when ``subprotocol`` is None.
+        headers: extra response headers.
+        compression: override the server's permessage-deflate options (False: off).
+        user: stored on ``ws.user`` (e.g. verified token claims).
+        data: stored on ``ws.data``.
+        max_size: override the server's ``max_size`` for this connection.
+    """
+
+    __slots__ = ("handler", "listener", "subprotocol", "subprotocols", "headers", "compression", "user", "data",
+                 "max_size")
+
+    def __init__(self, handler: Handler | None = None, listener: Listener | None = None, *,
+                 subprotocol: str | None = None, subprotocols: Sequence[str] = (),
+                 headers: Sequence[tuple[str, str]] = (), compression: Any = None, user: Any = None,
+                 data: Any = None, max_size: int = 0) -> None:
+        if (handler is None) == (listener is None):
+            raise TypeError("Accept needs exactly one of handler= or listener=")
+        self.handler = handler
+        self.listener = listener
+        self.subprotocol = subprotocol
+        self.subprotocols = list(subprotocols)
+        self.headers = list(headers)
+        self.compression = compression
+        self.user = user
+        self.data = data
+        self.max_size = max_size
+
+
+def compression_options(value: Any) -> CompressionOptions | None:
+    """Normalise ``compression=`` (True / False / None / CompressionOptions / 'deflate')."""
+    if value is None or value is False:
+        return None
+    if value is True or value == "deflate":
+        return CompressionOptions()
+    if isinstance(value, CompressionOptions):
+        return value
+    raise TypeError(f"compression must be a bool or CompressionOptions, not {value!r}")
+
+
+def resolve_app(app: Any, subprotocols: Sequence[str] = ()) -> Callable[[Connection, Request], Any]:
+    """Turn what the user gave ``serve()`` into an accept hook ``(ws, request) -> Accept | Response``.
+
+    Accepted forms: an object with ``fastws_accept(ws, request)`` (an App), a
+    :class:`Listener` subclass (one instance per connection), a Listener
+    instance (shared), or ``async def handler(ws)``.
+    """
+    hook = getattr(app, "fastws_accept", None)
+    if hook is not None and not isinstance(app, type):
+        return hook  # type: ignore[no-any-return]
+    protos = list(subprotocols)
+    if isinstance(app, type) and issubclass(app, Listener):
+        factory = app
+
+        def accept_listener(ws: Connection, request: Request) -> Accept:
+            return Accept(listener=factory(), subprotocols=protos)
+
+        return accept_listener
+    if isinstance(app, Listener):
+        shared = app
+
+        def accept_shared(ws: Connection, request: Request) -> Accept:
+            return Accept(listener=shared, subprotocols=protos)
+
+        return accept_shared
+    if callable(app):
+        target = app.__call__ if not inspect.isfunction(app) and not inspect.ismethod(app) else app
+        if not inspect.iscoroutinefunction(target):
+            raise TypeError(f"{app!r} is not an async handler, a Listener or an App")
+        handler = app
+
+        def accept_handler(ws: Connection, request: Request) -> Accept:
+            return Accept(handler=handler, subprotocols=protos)
+
+        return accept_handler
+    raise TypeError(f"cannot serve {app!r}: expected an async handler, a Listener or an App")
+
+
+class Server:
+    """A running (or ready to run) WebSocket server. Create it with :func:`serve`.
+
+    ``async with serve(...) as server`` starts it and shuts it down gracefully
+    on exit; ``server = await serve(...)`` starts it and returns it.
+    """
+
+    def __init__(self, app: Any, host: str | None = "127.0.0.1", port: int = 8000, *,
+                 ssl: _ssl.SSLContext | None = None,
+                 subprotocols: Sequence[str] = (),
+                 compression: Any = True,
+                 max_size: int = 1 << 20,
+                 max_queue: int = 32,
+                 write_limit: int = 65536,
+                 max_write_buffer: int = 16 << 20,
+                 ping_interval: float | None = 20.0,
+                 ping_timeout: float | None = 20.0,
+                 idle_timeout: float | None = None,
+                 close_timeout: float = 10.0,
+                 handshake_timeout: float = 10.0,
+                 max_header_size: int = 16384,
+                 shutdown_timeout: float = 10.0,
+                 backlog: int = 4096,
+                 reuse_port: bool = False,
+                 sock: socket.socket | None = None,
+                 accept: Callable[[Connection, Request], Any] | None = None) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.backlog = backlog
+        self.reuse_port = reuse_port
+        self.sock = sock
+        self.shutdown_timeout = shutdown_timeout
+        self._accept = accept or resolve_app(app, subprotocols)
+        self.endpoint = Endpoint(
+            False,
+            max_size=max_size,
+            max_queue=max_queue,
+            write_limit=write_limit,
+            max_write_buffer=max_write_buffer,
+            ping_interval=ping_interval or 0.0,
+            ping_timeout=ping_timeout or 0.0,
+            idle_timeout=idle_timeout or 0.0,
+            close_timeout=close_timeout,
+            handshake_timeout=handshake_timeout,
+            max_header_size=max_header_size,
+            compression=compression_options(compression),
+            accept=self._accept_hook,
+        )
+        self._server: asyncio.AbstractServer | None = None
+        self._closing = False
+
+    # -------------------------------------------------------------- lifecycle
+
+    def _accept_hook(self, ws: Connection, request: Request) -> Any:
+        if self._closing:
+            raise HandshakeError(503, "Server shutting down")
+        return self._accept(ws, request)
+
+    def _factory(self) -> Connection:
+        return Connection(self.endpoint)
+
+    async def start(self) -> Server:
+        """Listen. Returns self."""
+        loop = asyncio.get_running_loop()
+        self.endpoint.loop = loop
+        if self.sock is not None:
+            self._server = await loop.create_server(self._factory, sock=self.sock, ssl=self.ssl,
+                                                    backlog=self.backlog)
+        else:
+            kw: dict[str, Any] = {}
+            if self.reuse_port:
+                kw["reuse_port"] = True
+            self._server = await loop.create_server(self._factory, self.host, self.port, ssl=self.ssl,
+                                                    backlog=self.backlog, **kw)
+        return self
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._server.sockets) if self._server is not None else []
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound (useful with port 0)."""
+        addr = self.sockets[0].getsockname()
+        return addr[0], addr[1]
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        scheme = "wss" if self.ssl is not None else "ws"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{port}"
+
+    @property
+    def connections(self) -> set[Connection]:
+        """The live connections (handshaking ones included)."""
+        return set(self.endpoint.connections)
+
+    @property
+    def draining(self) -> bool:
+        return self._closing
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "call start() first"
+        await self._server.serve_forever()
+
+    async def shutdown(self, code: int = 1001, reason: str = "server shutting down",
+                       timeout: float | None = None) -> None:
+        """Graceful shutdown: stop accepting, close every connection with ``code``, wait for the
+        handlers (at most ``timeout`` seconds, default ``shutdown_timeout``), then abort the rest."""
+        if self._closing:
+            return
+        self._closing = True
+        self.endpoint.draining = True
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        if self._server is not None:
+            self._server.close()
+        conns = list(self.endpoint.connections)
+        for conn in conns:
+            conn._going_away(code, reason)
+        waits = [asyncio.ensure_future(conn.wait_closed()) for conn in conns]
+        tasks = [conn.task for conn in conns if conn.task is not None and not conn.task.done()]
+        pending = set(waits) | set(tasks)
+        if pending:
+            done, pending = await asyncio.wait(pending, timeout=timeout)
+        for conn in list(self.endpoint.connections):
+            conn.abort()
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        for w in waits:
+            if not w.done():
+                w.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.endpoint.stop()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+
+    async def close(self) -> None:
+        """Alias of :meth:`shutdown` with the default settings."""
+        await self.shutdown()
+
+    async def __aenter__(self) -> Server:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    def __await__(self) -> Any:
+        return self.start().__await__()
+
+
+def serve(app: Any, host: str | None = "127.0.0.1", port: int = 8000, **kwargs: Any) -> Server:
+    """Create a WebSocket server for ``app``; use as ``async with`` or ``await`` it.
+
+    Args:
+        app: ``async def handler(ws)``, a :class:`Listener` subclass, or an App.
+        host: interface to bind (loopback by default).
+        port: TCP port (0 picks a free one; see ``server.address``).
+        ssl: an ``ssl.SSLContext`` for wss://.
+        subprotocols: supported subprotocols in preference order.
+        compression: permessage-deflate: True (default), False, or CompressionOptions.
+        max_size: largest incoming message in bytes (1009 beyond). Default 1 MiB.
+        max_queue: messages buffered for ``recv()`` before reading pauses.
+        write_limit: write buffer high-water mark; ``await send()`` waits above it.
+        max_write_buffer: hard cap on bytes buffered for one peer (BufferFull beyond).
+        ping_interval: seconds of silence before a keepalive PING (None: off).
+        ping_timeout: seconds to wait for its PONG before closing with 1011.
+        idle_timeout: close with 1001 after this many seconds without any frame (None: off).
+        close_timeout: seconds to wait for the closing handshake.
+        handshake_timeout: seconds a client has to complete the opening handshake.
+        max_header_size: largest request head (431 beyond). Default 16 KiB.
+        shutdown_timeout: bound on graceful shutdown.
+        backlog, reuse_port, sock: passed to ``loop.create_server``.
+    """
+    return Server(app, host, port, **kwargs)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def run(app: Any, host: str | None = "127.0.0.1", port: int = 8000, *, use_uvloop: bool = True,
+        ready: Callable[[Server], None] | None = None, **kwargs: Any) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully (blocking).
+
+    Runs on uvloop when it is installed (and ``use_uvloop``), else on asyncio's loop.
+    """
+
+    async def main() -> None:
+        server = Server(app, host, port, **kwargs)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
+                pass
+        if ready is not None:
+            ready(server)
+        else:
+            logger.info("fastws listening on %s", server.url)
+        await stop.wait()
+        await server.shutdown()
+
+    factory = _loop_factory() if use_uvloop else None
+    if factory is not None:
+        with asyncio.Runner(loop_factory=factory) if hasattr(asyncio, "Runner") else _Runner(factory) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())
+
+
+class _Runner:
+    """asyncio.Runner for Python 3.10."""
+
+    def __init__(self, factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        self.loop = factory()
+
+    def __enter__(self) -> _Runner:
+        asyncio.set_event_loop(self.loop)
+        return self
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            self.loop.close()
