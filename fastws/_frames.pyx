@@ -550,7 +550,7 @@ cdef class FrameParser:
                 return self._fail(1002, "new message inside a fragmented message")
             if self._rsv1 and self.deflate is None:
                 return self._fail(1002, "RSV1 set without a negotiated extension")
-            if flen > <uint64_t>self.max_size:
+            if not self._rsv1 and flen > <uint64_t>self.max_size:
                 return self._fail(1009, "message too big")
             self._msg_opcode = opcode
             self._msg_compressed = self._rsv1
@@ -558,7 +558,8 @@ cdef class FrameParser:
             self._buf_len = 0
         else:
             return self._fail(1002, "reserved opcode")
-        if self._msg_compressed and opcode <= 2 and flen > <uint64_t>self.max_size + 1024:
+        if self._msg_compressed and opcode <= 2 and flen > <uint64_t>(self.max_size + (self.max_size >> 11) + 64):
+            # more compressed bytes in one frame than any max_size message can deflate to
             return self._fail(1009, "message too big")
         self._opcode = opcode
         self._flen = flen
@@ -633,7 +634,10 @@ cdef class FrameParser:
         return self._finish_message()
 
     cdef int _inflate_frame(self, object compressed) except -1:
-        out = self.deflate.decompress(compressed, self._fin, self.max_size - self._buf_len)
+        try:
+            out = self.deflate.decompress(compressed, self._fin, self.max_size - self._buf_len)
+        except ProtocolError as exc:
+            return self._fail(exc.code, exc.reason)
         cdef Py_ssize_t olen = PyBytes_GET_SIZE(out)
         cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
         if self._msg_opcode == 1 and fastws_utf8_validate(&self._utf8, p, olen) < 0:

@@ -218,7 +218,7 @@ class CompressionOptions:
     server_max_window_bits: int = 15
     client_max_window_bits: int = 15
     level: int = 6
-    min_size: int = 32
+    min_size: int = 0
 
     def __post_init__(self) -> None:
         for bits in (self.server_max_window_bits, self.client_max_window_bits):
@@ -360,8 +360,8 @@ def negotiate_deflate_client(value: list[str], opts: CompressionOptions | None) 
         return None
     if opts is None or len(exts) != 1 or exts[0][0] != "permessage-deflate":
         raise InvalidHandshake(f"server accepted an extension we did not offer: {', '.join(value)}")
-    server_nct = opts.server_no_context_takeover
-    client_nct = opts.client_no_context_takeover
+    server_nct = False  # only what the server confirms
+    client_nct = opts.client_no_context_takeover  # resetting our own compressor is always safe
     server_bits = 15
     client_bits = opts.client_max_window_bits
     seen: set[str] = set()
@@ -401,14 +401,14 @@ def negotiate_deflate_client(value: list[str], opts: CompressionOptions | None) 
 
 
 class _RequestCallbacks:
-    __slots__ = ("url", "headers", "size", "complete", "name", "count")
+    __slots__ = ("url", "headers", "complete", "count", "error")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[str, str]] = []
-        self.size = 0
         self.count = 0
         self.complete = False
+        self.error: HandshakeError | None = None  # raised in a callback; httptools wraps it
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -416,7 +416,8 @@ class _RequestCallbacks:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.count += 1
         if self.count > MAX_HEADERS:
-            raise HandshakeError(431, "Too many headers")
+            self.error = HandshakeError(431, "Too many headers")
+            raise self.error
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -465,6 +466,8 @@ class ServerHandshake:
             self.offset = int(exc.args[0]) if exc.args else len(data)
             self.upgrade = True
         except httptools.HttpParserError as exc:
+            if self._cb.error is not None:
+                raise self._cb.error from None
             if not self._cb.complete:
                 if self._size > self.max_header_size:
                     raise HandshakeError(431, "Request Header Fields Too Large") from None
