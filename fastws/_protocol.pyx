@@ -225,6 +225,9 @@ cdef class _ReadTarget:
     cdef Py_ssize_t size
     cdef Py_ssize_t _shape[1]
 
+    def __len__(self):
+        return self.size
+
     def __getbuffer__(self, Py_buffer* view, int flags):
         self._shape[0] = self.size
         view.buf = <void*>self.ptr

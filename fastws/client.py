@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from fastws._protocol import Connection, Endpoint
 from fastws.exceptions import ConnectionClosed, InvalidHandshake
-from fastws.handshake import ClientHandshake
+from fastws.handshake import ClientHandshake, CompressionOptions
 from fastws.server import compression_options
 
 __all__ = ["connect", "parse_url"]
@@ -55,8 +55,8 @@ class connect:
     Args:
         url: ``ws://host[:port]/path?query`` or ``wss://...``.
         subprotocols: offered subprotocols, in preference order.
-        compression: offer permessage-deflate (True by default; False to turn off,
-            or a CompressionOptions).
+        compression: offer permessage-deflate (True by default, offering
+            ``client_no_context_takeover``; False to turn off, or a CompressionOptions).
         headers: extra request headers, a dict or ``(name, value)`` pairs.
         origin: an Origin header.
         max_size: largest incoming message (1009 beyond). Default 1 MiB.
@@ -84,6 +84,10 @@ class connect:
         self.url = url
         self.secure, self.host, self.port, self.target, self.host_header = parse_url(url)
         self.subprotocols = list(subprotocols)
+        if compression is True:
+            # Offer client_no_context_takeover: the server may then drop its inflate context
+            # between our messages (client messages are usually small, so little ratio is lost).
+            compression = CompressionOptions(client_no_context_takeover=True)
         self.compression = compression_options(compression)
         if headers is None:
             self.headers: list[tuple[str, str]] = []

@@ -56,17 +56,28 @@ class Headers:
     ``get_all(name)`` every value; iteration yields ``(name, value)`` pairs.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_index")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = list(items)
+        self._index: dict[str, list[str]] | None = None
+
+    def _lookup(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for k, v in self._items:
+                key = k.lower()
+                if key in index:
+                    index[key].append(v)
+                else:
+                    index[key] = [v]
+            self._index = index
+        return index
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        lname = name.lower()
-        for k, v in self._items:
-            if k.lower() == lname:
-                return v
-        return default
+        values = self._lookup().get(name.lower())
+        return values[0] if values else default
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -75,14 +86,14 @@ class Headers:
         return value
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        return isinstance(name, str) and name.lower() in self._lookup()
 
     def get_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for k, v in self._items if k.lower() == lname]
+        return list(self._lookup().get(name.lower(), ()))
 
     def add(self, name: str, value: str) -> None:
         self._items.append((name, value))
+        self._index = None
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)

@@ -3,8 +3,8 @@ nothing is logged as a traceback (the autouse fixture in conftest checks), and
 the server keeps serving other clients.
 
 This module also holds the raw-peer helpers the other integration modules
-import (``RawWS``, ``open_raw_ws``, ``check_responsive``) and the asyncio-loop
-known-bug marker (``asyncio_read_bug``).
+import (``RawWS``, ``open_raw_ws``, ``check_responsive``, ``loop_name``,
+``expect_known_bug``).
 """
 
 from __future__ import annotations
@@ -18,50 +18,35 @@ import tracemalloc
 import pytest
 import websockets
 
-import fastws
-
 from tests.conftest import MS, EchoListener, echo_handler
 from tests.helpers import build_frame, raw_connect, read_http_response, upgrade_request
 
 # ---------------------------------------------------------------------------
-# Known bug on asyncio's own event loop (see the report / reproduction in
-# test_asyncio_loop_can_read below). Every test that makes a fastws Connection
-# read from a socket fails on the "asyncio" parameter of event_loop_policy.
-
-ASYNCIO_READ_BUG = (
-    "BUG: fastws cannot read on asyncio's default (selector) loop: Connection.get_buffer() "
-    "returns a _ReadTarget without __len__, asyncio calls len(buf) and aborts the transport "
-    "with 'Fatal error: protocol.get_buffer() call failed' (uvloop works)"
-)
+# loop parameter and known-bug helpers (shared with the other integration modules)
 
 
 def loop_name(request) -> str | None:
-    """'asyncio' or 'uvloop' for an async test (the event_loop_policy param), else None."""
+    """'asyncio' or 'uvloop' for an async test (its loop parameter), else None."""
     callspec = getattr(request.node, "callspec", None)
     if callspec is None:
         return None
-    return callspec.params.get("event_loop_policy")
+    params = callspec.params
+    if "event_loop_policy" in params:  # older conftest: a parametrized event_loop_policy fixture
+        return params["event_loop_policy"]
+    if "_asyncio_loop_factory" in params:  # pytest_asyncio_loop_factories hook
+        factory = params["_asyncio_loop_factory"]
+        if factory is None:
+            return None
+        return "uvloop" if "uvloop" in getattr(factory, "__module__", "") else "asyncio"
+    return None
 
 
-def asyncio_ok(func):
-    """Mark a test that does not depend on fastws reading (runs normally on asyncio)."""
-    func._fastws_asyncio_ok = True
-    return func
-
-
-@pytest.fixture(autouse=True)
-def asyncio_read_bug(request):
-    """xfail(strict) the asyncio half of each test hit by ASYNCIO_READ_BUG.
-
-    The event loop itself logs the get_buffer() failure with a traceback, so
-    those runs also allow logged errors (they are expected failures anyway).
-    """
-    if (loop_name(request) == "asyncio" and asyncio.iscoroutinefunction(request.function)
-            and not getattr(request.function, "_fastws_asyncio_ok", False)):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ASYNCIO_READ_BUG))
-        request.applymarker(pytest.mark.allow_errors)
-        request.node._allow_errors = True
-    yield
+def expect_known_bug(request, reason: str) -> None:
+    """xfail(strict) this test run for a known fastws bug whose failure the event loop
+    logs with a traceback (so logged errors are allowed for this run only)."""
+    request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    request.applymarker(pytest.mark.allow_errors)
+    request.node._allow_errors = True
 
 
 # ---------------------------------------------------------------------------
@@ -152,29 +137,6 @@ async def check_responsive(server, payload: str = "still alive") -> None:
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == payload
 
 
-@pytest.fixture
-async def start_server():
-    """``server = await start_server(app, **options)``: a fastws server on 127.0.0.1:0,
-    shut down when the test ends.
-
-    Used instead of conftest's ``serve``: its ``_shutdown_servers`` teardown runs
-    after ``serve`` was torn down and errors with "The fixture value for "serve"
-    is not available" on every test that uses it.
-    """
-    servers: list[fastws.Server] = []
-
-    async def start(app, **kwargs) -> fastws.Server:
-        kwargs.setdefault("compression", False)
-        server = fastws.serve(app, "127.0.0.1", 0, **kwargs)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.shutdown(timeout=2)
-
-
 APPS = {"handler": echo_handler, "listener": EchoListener}
 
 
@@ -185,12 +147,12 @@ def app(request):
 
 
 # ---------------------------------------------------------------------------
-# the asyncio-loop reproduction, kept as its own small test
+# regression: Connection.get_buffer() must return something asyncio's own
+# selector loop can len() (without _ReadTarget.__len__ it aborted every connection)
 
 
-async def test_asyncio_loop_can_read(start_server):
-    """Minimal reproduction of ASYNCIO_READ_BUG: a plain websockets echo."""
-    server = await start_server(echo_handler)
+async def test_plain_echo_on_both_loops(serve):
+    server = await serve(echo_handler)
     async with websockets.connect(server.url, compression=None, open_timeout=TIMEOUT) as ws:
         await ws.send("hi")
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hi"
@@ -200,8 +162,8 @@ async def test_asyncio_loop_can_read(start_server):
 # protocol violations
 
 
-async def test_unmasked_client_frame_closes_1002(start_server, app):
-    server = await start_server(app)
+async def test_unmasked_client_frame_closes_1002(serve, app):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     await raw.send(build_frame(1, b"hello", mask=False))
     code, _ = await raw.read_close()
@@ -211,8 +173,8 @@ async def test_unmasked_client_frame_closes_1002(start_server, app):
 
 
 @pytest.mark.parametrize("opcode", [3, 7, 0xB, 0xF])
-async def test_reserved_opcode_closes_1002(start_server, app, opcode):
-    server = await start_server(app)
+async def test_reserved_opcode_closes_1002(serve, app, opcode):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     await raw.send(build_frame(opcode, b"x"))
     code, _ = await raw.read_close()
@@ -223,8 +185,8 @@ async def test_reserved_opcode_closes_1002(start_server, app, opcode):
 
 @pytest.mark.parametrize("payload", [b"\xff", b"caf\xc3", b"\xed\xa0\x80", b"ok" + b"\xc0\xaf"],
                          ids=["ff", "truncated", "surrogate", "overlong"])
-async def test_invalid_utf8_text_closes_1007(start_server, app, payload):
-    server = await start_server(app)
+async def test_invalid_utf8_text_closes_1007(serve, app, payload):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     await raw.send(build_frame(1, payload))
     code, _ = await raw.read_close()
@@ -233,8 +195,8 @@ async def test_invalid_utf8_text_closes_1007(start_server, app, payload):
     await check_responsive(server)
 
 
-async def test_invalid_utf8_across_fragments_closes_1007(start_server, app):
-    server = await start_server(app)
+async def test_invalid_utf8_across_fragments_closes_1007(serve, app):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     # "é" split between two fragments is valid; a dangling lead byte at the end is not
     await raw.send(build_frame(1, b"caf\xc3", fin=False) + build_frame(0, b"\xa9!", fin=False)
@@ -244,8 +206,8 @@ async def test_invalid_utf8_across_fragments_closes_1007(start_server, app):
     raw.close()
 
 
-async def test_message_over_max_size_closes_1009(start_server, app):
-    server = await start_server(app, max_size=1024)
+async def test_message_over_max_size_closes_1009(serve, app):
+    server = await serve(app, max_size=1024)
     raw = await open_raw_ws(server)
     await raw.send(build_frame(2, b"a" * 1024))  # exactly max_size: accepted
     _, opcode, payload = await raw.read_frame()
@@ -257,8 +219,8 @@ async def test_message_over_max_size_closes_1009(start_server, app):
     await check_responsive(server)
 
 
-async def test_fragmented_message_over_max_size_closes_1009(start_server, app):
-    server = await start_server(app, max_size=1024)
+async def test_fragmented_message_over_max_size_closes_1009(serve, app):
+    server = await serve(app, max_size=1024)
     raw = await open_raw_ws(server)
     frames = build_frame(2, b"a" * 600, fin=False) + build_frame(0, b"b" * 600, fin=True)
     await raw.send(frames)
@@ -268,8 +230,8 @@ async def test_fragmented_message_over_max_size_closes_1009(start_server, app):
 
 
 @pytest.mark.parametrize("length", [2**63 - 1, 2**63 + 5, 2**62, 2**40])
-async def test_huge_length_header_is_refused_without_allocating(start_server, app, length):
-    server = await start_server(app)
+async def test_huge_length_header_is_refused_without_allocating(serve, app, length):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     tracemalloc.start()
     try:
@@ -292,8 +254,8 @@ def _huge_header(length: int) -> bytes:
 
 
 @pytest.mark.parametrize("first", [b"\xc1\x80", b"\xa2\x80", b"\x92\x80"], ids=["rsv1", "rsv2", "rsv3"])
-async def test_reserved_bits_close_1002(start_server, app, first):
-    server = await start_server(app)  # no compression negotiated: RSV1 is reserved too
+async def test_reserved_bits_close_1002(serve, app, first):
+    server = await serve(app)  # no compression negotiated: RSV1 is reserved too
     raw = await open_raw_ws(server)
     await raw.send(first + os.urandom(4))
     code, _ = await raw.read_close()
@@ -307,8 +269,8 @@ async def test_reserved_bits_close_1002(start_server, app, first):
     build_frame(0, b"orphan"),                                # continuation without a start
     build_frame(1, b"a", fin=False) + build_frame(1, b"b"),  # new message inside a fragmented one
 ], ids=["long-ping", "fragmented-ping", "orphan-continuation", "interleaved-message"])
-async def test_framing_violations_close_1002(start_server, app, frame):
-    server = await start_server(app)
+async def test_framing_violations_close_1002(serve, app, frame):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     await raw.send(frame)
     code, _ = await raw.read_close()
@@ -322,8 +284,8 @@ async def test_framing_violations_close_1002(start_server, app, frame):
     (struct.pack("!H", 1005), 1002),  # code that must not be sent
     (struct.pack("!H", 999), 1002),
 ], ids=["bad-reason", "one-byte", "1005", "999"])
-async def test_bad_close_frames(start_server, app, payload, expected):
-    server = await start_server(app)
+async def test_bad_close_frames(serve, app, payload, expected):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     await raw.send(build_frame(8, payload))
     code, _ = await raw.read_close()
@@ -331,8 +293,8 @@ async def test_bad_close_frames(start_server, app, payload, expected):
     raw.close()
 
 
-async def test_garbage_after_handshake_closes_1002(start_server, app):
-    server = await start_server(app)
+async def test_garbage_after_handshake_closes_1002(serve, app):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     # an HTTP request where a frame should be: 'G' = 0x47 sets RSV1 with opcode 7
     await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)))
@@ -342,8 +304,8 @@ async def test_garbage_after_handshake_closes_1002(start_server, app):
     await check_responsive(server)
 
 
-async def test_client_stalled_mid_frame_does_not_block_others(start_server, app):
-    server = await start_server(app)
+async def test_client_stalled_mid_frame_does_not_block_others(serve, app):
+    server = await serve(app)
     stalled = []
     for size in (10, 200, 100_000):
         raw = await open_raw_ws(server)
@@ -361,8 +323,8 @@ async def test_client_stalled_mid_frame_does_not_block_others(start_server, app)
         raw.close()
 
 
-async def test_stalled_peer_can_finish_its_frame(start_server, app):
-    server = await start_server(app)
+async def test_stalled_peer_can_finish_its_frame(serve, app):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     frame = build_frame(1, b"x" * 70_000)
     await raw.send(frame[:30_000])
@@ -373,8 +335,8 @@ async def test_stalled_peer_can_finish_its_frame(start_server, app):
     raw.close()
 
 
-async def test_ping_flood_is_answered_or_closed(start_server, app):
-    server = await start_server(app)
+async def test_ping_flood_is_answered_or_closed(serve, app):
+    server = await serve(app)
     raw = await open_raw_ws(server)
     n = 10_000
     pongs = 0
@@ -402,9 +364,9 @@ async def test_ping_flood_is_answered_or_closed(start_server, app):
     await check_responsive(server)
 
 
-async def test_frames_split_byte_by_byte(start_server, app):
+async def test_frames_split_byte_by_byte(serve, app):
     """Headers and payloads that arrive one byte per read are still parsed."""
-    server = await start_server(app)
+    server = await serve(app)
     raw = await open_raw_ws(server)
     frame = build_frame(1, "héllo".encode()) + build_frame(2, b"\x00" * 130)
     for i in range(len(frame)):
@@ -417,9 +379,9 @@ async def test_frames_split_byte_by_byte(start_server, app):
     raw.close()
 
 
-async def test_close_frame_then_eof_answered(start_server, app):
+async def test_close_frame_then_eof_answered(serve, app):
     """A clean close from a raw peer gets its code echoed back, then the server closes TCP."""
-    server = await start_server(app)
+    server = await serve(app)
     raw = await open_raw_ws(server)
     await raw.send(build_frame(8, struct.pack("!H", 4001) + b"bye"))
     code, reason = await raw.read_close()
@@ -428,9 +390,9 @@ async def test_close_frame_then_eof_answered(start_server, app):
     raw.close()
 
 
-async def test_frames_sent_with_the_handshake_are_processed(start_server, app):
+async def test_frames_sent_with_the_handshake_are_processed(serve, app):
     """Frames in the same write as the upgrade request are not lost."""
-    server = await start_server(app)
+    server = await serve(app)
     reader, writer = await raw_connect(server)
     writer.write(upgrade_request() + build_frame(1, b"early") + build_frame(2, b"bird"))
     await writer.drain()

@@ -15,10 +15,8 @@ from aiohttp import web
 
 import fastws
 from tests.conftest import MS
-from tests.integration.test_bad_input import (  # noqa: F401  (fixtures)
+from tests.integration.test_bad_input import (
     TIMEOUT,
-    asyncio_ok,
-    asyncio_read_bug,
 )
 from tests.integration.test_server import SIZES, payload, text
 
@@ -406,7 +404,6 @@ class RawServer:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-@asyncio_ok
 async def test_open_timeout_when_server_never_answers():
     async def silent(reader, writer, stop):
         await reader.read(65536)
@@ -420,7 +417,6 @@ async def test_open_timeout_when_server_never_answers():
         assert loop.time() - started < 3
 
 
-@asyncio_ok
 async def test_connection_refused_raises_oserror():
     with pytest.raises(OSError):
         await fastws.connect(f"ws://127.0.0.1:{closed_port()}/")
@@ -498,7 +494,6 @@ async def test_reconnects_after_server_drops(peer, how):
     assert len(peer.seen) == 3
 
 
-@asyncio_ok
 async def test_reconnect_gives_up_after_max_attempts():
     client = CountingConnect(f"ws://127.0.0.1:{closed_port()}/", reconnect=True, backoff_initial=0.05,
                              backoff_max=0.1, max_attempts=4)
@@ -511,7 +506,6 @@ async def test_reconnect_gives_up_after_max_attempts():
     assert loop.time() - started < 5000 * MS
 
 
-@asyncio_ok
 async def test_no_reconnect_raises_at_once():
     client = CountingConnect(f"ws://127.0.0.1:{closed_port()}/", reconnect=False)
     with pytest.raises(OSError):

@@ -13,11 +13,9 @@ import websockets
 import fastws
 from tests.conftest import MS, echo_handler
 from tests.helpers import raw_connect, read_http_response, upgrade_request
-from tests.integration.test_bad_input import (  # noqa: F401  (fixtures)
+from tests.integration.test_bad_input import (
     TIMEOUT,
-    asyncio_read_bug,
     check_responsive,
-    start_server,
 )
 
 
@@ -57,8 +55,8 @@ async def exchange(server, data: bytes) -> tuple[int, dict[str, str], bytes]:
     return response
 
 
-async def test_plain_get_is_426(start_server):
-    server = await start_server(echo_handler)
+async def test_plain_get_is_426(serve):
+    server = await serve(echo_handler)
     status, headers, body = await exchange(server, request(headers={"Host": "127.0.0.1"}))
     assert status == 426
     assert body == b"Expected WebSocket"
@@ -68,8 +66,8 @@ async def test_plain_get_is_426(start_server):
     assert headers["connection"].lower() == "close"
 
 
-async def test_post_upgrade_is_405(start_server):
-    server = await start_server(echo_handler)
+async def test_post_upgrade_is_405(serve):
+    server = await serve(echo_handler)
     status, headers, body = await exchange(server, request("POST", headers=upgrade_headers(Content_Length="0")))
     assert status == 405
     assert headers.get("allow") == "GET"
@@ -79,16 +77,16 @@ async def test_post_upgrade_is_405(start_server):
 @pytest.mark.parametrize("key", ["not base64!", base64.b64encode(b"short").decode(),
                                  base64.b64encode(os.urandom(17)).decode(), None],
                          ids=["not-base64", "short", "long", "missing"])
-async def test_bad_key_is_400_with_one_line_body(start_server, key):
-    server = await start_server(echo_handler)
+async def test_bad_key_is_400_with_one_line_body(serve, key):
+    server = await serve(echo_handler)
     status, headers, body = await exchange(server, request(headers=upgrade_headers(Sec_WebSocket_Key=key)))
     assert status == 400
     assert body and b"\n" not in body and b"\r" not in body
     assert headers["content-length"] == str(len(body))
 
 
-async def test_version_12_is_426_with_version_13(start_server):
-    server = await start_server(echo_handler)
+async def test_version_12_is_426_with_version_13(serve):
+    server = await serve(echo_handler)
     status, headers, body = await exchange(server, request(headers=upgrade_headers(Sec_WebSocket_Version="12")))
     assert status == 426
     assert headers["sec-websocket-version"] == "13"
@@ -100,29 +98,29 @@ async def test_version_12_is_426_with_version_13(start_server):
     {"Sec-WebSocket-Version": None},
     {"Upgrade": "h2c"},
 ], ids=["no-connection-upgrade", "no-host", "no-version", "upgrade-not-websocket"])
-async def test_other_invalid_upgrades_are_400(start_server, overrides):
-    server = await start_server(echo_handler)
+async def test_other_invalid_upgrades_are_400(serve, overrides):
+    server = await serve(echo_handler)
     status, _, body = await exchange(server, request(headers=upgrade_headers(**overrides)))
     assert status == 400
     assert body and b"\n" not in body
 
 
-async def test_http_1_0_upgrade_is_400(start_server):
-    server = await start_server(echo_handler)
+async def test_http_1_0_upgrade_is_400(serve):
+    server = await serve(echo_handler)
     status, _, _ = await exchange(server, request(headers=upgrade_headers(), version="1.0"))
     assert status == 400
 
 
-async def test_header_block_over_16k_is_431(start_server):
-    server = await start_server(echo_handler)
+async def test_header_block_over_16k_is_431(serve):
+    server = await serve(echo_handler)
     big = upgrade_headers(X_Big="a" * 17_000)
     status, _, body = await exchange(server, request(headers=big))
     assert status == 431
     assert body and b"\n" not in body
 
 
-async def test_many_small_headers_over_16k_is_431(start_server):
-    server = await start_server(echo_handler)
+async def test_many_small_headers_over_16k_is_431(serve):
+    server = await serve(echo_handler)
     headers = upgrade_headers()
     for i in range(100):
         headers[f"X-Filler-{i}"] = "b" * 200
@@ -130,8 +128,8 @@ async def test_many_small_headers_over_16k_is_431(start_server):
     assert status == 431
 
 
-async def test_header_block_just_under_limit_is_accepted(start_server):
-    server = await start_server(echo_handler)
+async def test_header_block_just_under_limit_is_accepted(serve):
+    server = await serve(echo_handler)
     head = upgrade_request(extra="X-Pad: " + "c" * 15_000 + "\r\n")
     assert len(head) < 16384
     reader, writer = await raw_connect(server, head)
@@ -140,15 +138,15 @@ async def test_header_block_just_under_limit_is_accepted(start_server):
     writer.transport.abort()
 
 
-async def test_max_header_size_option(start_server):
-    server = await start_server(echo_handler, max_header_size=1024)
+async def test_max_header_size_option(serve):
+    server = await serve(echo_handler, max_header_size=1024)
     status, _, _ = await exchange(server, request(headers=upgrade_headers(X_Pad="d" * 2000)))
     assert status == 431
 
 
-async def test_header_block_over_limit_in_small_writes_is_431(start_server):
+async def test_header_block_over_limit_in_small_writes_is_431(serve):
     """The limit holds when the head trickles in: the server does not wait for CRLFCRLF forever."""
-    server = await start_server(echo_handler)
+    server = await serve(echo_handler)
     reader, writer = await raw_connect(server, b"GET / HTTP/1.1\r\nHost: x\r\n")
     response = asyncio.ensure_future(read_http_response(reader, TIMEOUT))
     try:
@@ -170,16 +168,16 @@ async def test_header_block_over_limit_in_small_writes_is_431(start_server):
     b"GET / HTTP/1.1\r\nHost\r\n\r\n",                                      # header without a colon
     b"GET / HTTP/9.9.9\r\n\r\n",
 ], ids=["tls-hello", "binary", "header-no-colon", "bad-version"])
-async def test_garbage_is_400(start_server, garbage):
-    server = await start_server(echo_handler)
+async def test_garbage_is_400(serve, garbage):
+    server = await serve(echo_handler)
     status, _, body = await exchange(server, garbage)
     assert status == 400
     assert b"\n" not in body
     await check_responsive(server)
 
 
-async def test_incomplete_handshake_dropped_after_timeout(start_server):
-    server = await start_server(echo_handler, handshake_timeout=0.3)
+async def test_incomplete_handshake_dropped_after_timeout(serve):
+    server = await serve(echo_handler, handshake_timeout=0.3)
     loop = asyncio.get_running_loop()
     # one sends half a request, one sends nothing at all
     r1, w1 = await raw_connect(server, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websock")
@@ -202,8 +200,8 @@ async def test_incomplete_handshake_dropped_after_timeout(start_server):
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "late"
 
 
-async def test_handshake_completed_in_pieces_before_timeout(start_server):
-    server = await start_server(echo_handler, handshake_timeout=2.0)
+async def test_handshake_completed_in_pieces_before_timeout(serve):
+    server = await serve(echo_handler, handshake_timeout=2.0)
     head = upgrade_request()
     reader, writer = await raw_connect(server)
     for i in range(0, len(head), 7):
@@ -215,8 +213,8 @@ async def test_handshake_completed_in_pieces_before_timeout(start_server):
     writer.transport.abort()
 
 
-async def test_101_response_headers(start_server):
-    server = await start_server(echo_handler)
+async def test_101_response_headers(serve):
+    server = await serve(echo_handler)
     key = base64.b64encode(os.urandom(16)).decode()
     reader, writer = await raw_connect(server, upgrade_request(key=key))
     status, headers, _ = await read_http_response(reader, TIMEOUT)
@@ -229,7 +227,7 @@ async def test_101_response_headers(start_server):
     assert "sec-websocket-protocol" not in headers
 
 
-async def test_http_response_from_app_hook(start_server):
+async def test_http_response_from_app_hook(serve):
     """An accept hook may answer plain HTTP (e.g. a health check) with a Response."""
 
     def accept(ws, req):
@@ -237,19 +235,19 @@ async def test_http_response_from_app_hook(start_server):
             return fastws.Response(200, "ok")
         return fastws.Accept(handler=echo_handler)
 
-    server = await start_server(echo_handler, accept=accept)
+    server = await serve(echo_handler, accept=accept)
     status, _, body = await exchange(server, request(path="/health", headers={"Host": "x"}))
     assert (status, body) == (200, b"ok")
     await check_responsive(server)
 
 
-async def test_handshake_error_from_app_hook(start_server):
+async def test_handshake_error_from_app_hook(serve):
     def accept(ws, req):
         if req.headers.get("authorization") != "Bearer good":
             raise fastws.HandshakeError(401, "Unauthorized", [("WWW-Authenticate", "Bearer")])
         return fastws.Accept(handler=echo_handler)
 
-    server = await start_server(echo_handler, accept=accept)
+    server = await serve(echo_handler, accept=accept)
     status, headers, body = await exchange(server, request(headers=upgrade_headers()))
     assert (status, body) == (401, b"Unauthorized")
     assert headers["www-authenticate"] == "Bearer"
@@ -260,24 +258,24 @@ async def test_handshake_error_from_app_hook(start_server):
 
 
 @pytest.mark.allow_errors
-async def test_app_hook_exception_is_500(start_server):
+async def test_app_hook_exception_is_500(serve):
     def accept(ws, req):
         raise RuntimeError("boom")
 
-    server = await start_server(echo_handler, accept=accept)
+    server = await serve(echo_handler, accept=accept)
     status, _, body = await exchange(server, request(headers=upgrade_headers()))
     assert status == 500
     assert b"boom" not in body  # no details leak to the peer
 
 
-async def test_async_accept_hook(start_server):
+async def test_async_accept_hook(serve):
     async def accept(ws, req):
         await asyncio.sleep(0.01)
         if req.path == "/no":
             raise fastws.HandshakeError(403, "Forbidden")
         return fastws.Accept(handler=echo_handler)
 
-    server = await start_server(echo_handler, accept=accept)
+    server = await serve(echo_handler, accept=accept)
     status, _, _ = await exchange(server, request(path="/no", headers=upgrade_headers()))
     assert status == 403
     await check_responsive(server)

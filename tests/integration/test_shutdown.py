@@ -13,10 +13,8 @@ from websockets.exceptions import ConnectionClosed as WSConnectionClosed
 import fastws
 from tests.conftest import EchoListener, echo_handler
 from tests.helpers import raw_connect, read_http_response, upgrade_request
-from tests.integration.test_bad_input import (  # noqa: F401  (fixtures)
+from tests.integration.test_bad_input import (
     TIMEOUT,
-    asyncio_ok,
-    asyncio_read_bug,
     open_raw_ws,
 )
 
@@ -25,7 +23,7 @@ from tests.integration.test_bad_input import (  # noqa: F401  (fixtures)
 # test_server.py::test_server_initiated_close_completes_on_reply), so each
 # connection closed by shutdown() only goes away at close_timeout: tests that
 # are not about that bug use a short one to stay fast.
-CLOSE_TIMEOUT = 0.3
+CLOSE_TIMEOUT = 0.2
 
 SHUTDOWN_REPLY_BUG = (
     "BUG: shutdown() ignores the clients' CLOSE replies (CLOSING state discards input), so it lasts "
@@ -145,7 +143,6 @@ async def test_shutdown_default_timeout_is_shutdown_timeout():
     await ws.close()
 
 
-@asyncio_ok
 async def test_no_new_connections_after_shutdown():
     server = await start(echo_handler)
     host, port = server.address
@@ -154,7 +151,6 @@ async def test_no_new_connections_after_shutdown():
         await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
 
 
-@asyncio_ok
 async def test_shutdown_idempotent_and_close_alias():
     server = await start(echo_handler)
     await asyncio.wait_for(server.shutdown(timeout=1), 10)
@@ -240,15 +236,15 @@ async def test_listener_on_close_called_on_shutdown():
 
 @pytest.mark.xfail(strict=True, reason=SHUTDOWN_REPLY_BUG)
 async def test_shutdown_returns_once_clients_answered():
-    server = await start(echo_handler, close_timeout=2)
+    server = await start(echo_handler, close_timeout=1)
     clients = [await websockets.connect(server.url, compression=None) for _ in range(3)]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await asyncio.wait_for(server.shutdown(timeout=2), 10)
+    await asyncio.wait_for(server.shutdown(timeout=1), 10)
     elapsed = loop.time() - started
     for ws in clients:
         await ws.close()
-    assert elapsed < 1, f"shutdown took {elapsed:.1f}s although every client answered the CLOSE at once"
+    assert elapsed < 0.5, f"shutdown took {elapsed:.1f}s although every client answered the CLOSE at once"
 
 
 @pytest.mark.xfail(strict=True, reason=SHUTDOWN_REPLY_BUG)
