@@ -98,7 +98,7 @@ cdef class FrameParser:
         Py_ssize_t _buf_len
         Py_ssize_t _buf_cap
         PyObject* _zbuf                 # bytes holding the compressed payload of one frame
-        Py_ssize_t _zbuf_len
+        Py_ssize_t _zbuf_cap
         uint8_t _ctrl[125]
         bint _failed
 
@@ -117,7 +117,7 @@ cdef class FrameParser:
     cdef int _fail(self, int code, str reason) except -1
     cdef int _start_frame(self, const uint8_t* h) except -1
     cdef int _ensure_buf(self, Py_ssize_t need) except -1
-    cdef uint8_t* _dest(self) except NULL
+    cdef uint8_t* _dest(self, Py_ssize_t n) except NULL
     cdef int _payload_in_place(self, uint8_t* p, Py_ssize_t n) except -1
     cdef int _end_frame(self) except -1
     cdef int _inflate_frame(self, object compressed) except -1

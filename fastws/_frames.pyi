@@ -1,6 +1,7 @@
 """Type stubs for the sans-I/O frame engine (fastws/_frames.pyx)."""
 
 import enum
+
 from typing_extensions import Buffer
 
 class Opcode(enum.IntEnum):

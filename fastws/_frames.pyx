@@ -454,6 +454,32 @@ cdef class Deflate:
 
 # ---------------------------------------------------------------- parsing
 
+cdef int _grow(PyObject** pbuf, Py_ssize_t* pcap, Py_ssize_t need, Py_ssize_t limit) except -1:
+    """Make the bytes object at ``*pbuf`` (refcount 1, or NULL) hold ``need`` bytes.
+
+    Capacity doubles (at least 64 KiB) but never passes ``limit`` (>= need),
+    so memory follows what arrived. glibc grows big blocks with mremap, so
+    doubling costs no copying there."""
+    cdef Py_ssize_t cap = pcap[0]
+    if pbuf[0] != NULL and need <= cap:
+        return 0
+    cap = cap * 2
+    if cap < 65536:
+        cap = 65536
+    if cap < need:
+        cap = need
+    if cap > limit:
+        cap = limit if limit >= need else need
+    if pbuf[0] == NULL:
+        obj = PyBytes_FromStringAndSize(NULL, cap)
+        Py_INCREF(obj)
+        pbuf[0] = <PyObject*>obj
+    else:
+        _PyBytes_Resize(pbuf, cap)
+    pcap[0] = cap
+    return 0
+
+
 @cython.final
 cdef class FrameParser:
     """Incremental frame parser; see the module docstring for the rules.
@@ -490,6 +516,7 @@ cdef class FrameParser:
         self._zbuf = NULL
         self._buf_len = 0
         self._buf_cap = 0
+        self._zbuf_cap = 0
         self._msg_opcode = 0
         self._in_payload = False
         self._hdr_len = 0
@@ -558,7 +585,7 @@ cdef class FrameParser:
             self._buf_len = 0
         else:
             return self._fail(1002, "reserved opcode")
-        if self._msg_compressed and opcode <= 2 and flen > <uint64_t>(self.max_size + (self.max_size >> 11) + 64):
+        if self._msg_compressed and opcode <= 2 and flen > <uint64_t>(self.max_size + (self.max_size >> 4) + 1024):
             # more compressed bytes in one frame than any max_size message can deflate to
             return self._fail(1009, "message too big")
         self._opcode = opcode
@@ -568,40 +595,22 @@ cdef class FrameParser:
         return 0
 
     cdef int _ensure_buf(self, Py_ssize_t need) except -1:
-        """Make the message buffer hold at least ``need`` bytes."""
-        cdef Py_ssize_t cap
-        if self._buf == NULL:
-            obj = PyBytes_FromStringAndSize(NULL, need)
-            Py_INCREF(obj)
-            self._buf = <PyObject*>obj
-            self._buf_cap = need
-            return 0
-        if need <= self._buf_cap:
-            return 0
-        cap = self._buf_cap * 2
-        if cap < need:
-            cap = need
-        if cap > self.max_size and need <= self.max_size:
-            cap = self.max_size
-        if _PyBytes_Resize(&self._buf, cap) < 0:
-            self._buf = NULL
-            return -1
-        self._buf_cap = cap
-        return 0
+        """Make the message buffer hold at least ``need`` bytes (decompressed output)."""
+        return _grow(&self._buf, &self._buf_cap, need, need if need > self.max_size else self.max_size)
 
-    cdef uint8_t* _dest(self) except NULL:
-        """Where byte ``_fpos`` of the current frame's payload goes."""
+    cdef uint8_t* _dest(self, Py_ssize_t n) except NULL:
+        """Where byte ``_fpos`` of the current frame's payload goes, with room for ``n`` bytes.
+
+        Buffers grow with the data that actually arrived (doubling, never past
+        the frame's end), so a header announcing a big frame costs nothing
+        until its bytes come."""
         cdef Py_ssize_t flen = <Py_ssize_t>self._flen
         if self._opcode >= 8:
             return self._ctrl + self._fpos
         if self._msg_compressed:
-            if self._zbuf == NULL:
-                obj = PyBytes_FromStringAndSize(NULL, flen)
-                Py_INCREF(obj)
-                self._zbuf = <PyObject*>obj
-                self._zbuf_len = flen
+            _grow(&self._zbuf, &self._zbuf_cap, <Py_ssize_t>self._fpos + n, flen)
             return <uint8_t*>PyBytes_AS_STRING(<object>self._zbuf) + self._fpos
-        self._ensure_buf(self._buf_len + flen)
+        _grow(&self._buf, &self._buf_cap, self._buf_len + <Py_ssize_t>self._fpos + n, self._buf_len + flen)
         return <uint8_t*>PyBytes_AS_STRING(<object>self._buf) + self._buf_len + self._fpos
 
     cdef int _payload_in_place(self, uint8_t* p, Py_ssize_t n) except -1:
@@ -627,6 +636,7 @@ cdef class FrameParser:
             zb = <object>self._zbuf if self._zbuf != NULL else b""
             Py_XDECREF(self._zbuf)
             self._zbuf = NULL
+            self._zbuf_cap = 0
             return self._inflate_frame(zb)
         self._buf_len += n
         if not self._fin:
@@ -794,7 +804,7 @@ cdef class FrameParser:
                     consumed[0] = pos
                     return EV_NEED_MORE
                 take = <Py_ssize_t>remaining if remaining < <uint64_t>(n - pos) else n - pos
-                p = self._dest()
+                p = self._dest(take)
                 memcpy(p, data + pos, take)
                 self._payload_in_place(p, take)
                 pos += take
@@ -811,19 +821,25 @@ cdef class FrameParser:
         cdef uint64_t remaining
         if not self._in_payload or self._opcode >= 8 or self._failed:
             return NULL
+        cdef Py_ssize_t filled, want, room
         remaining = self._flen - self._fpos
         if remaining < DIRECT_MIN:
             return NULL
+        filled = <Py_ssize_t>self._fpos if self._msg_compressed else self._buf_len + <Py_ssize_t>self._fpos
+        want = filled if filled > DIRECT_MIN * 4 else DIRECT_MIN * 4
+        if <uint64_t>want > remaining:
+            want = <Py_ssize_t>remaining
         try:
-            p = self._dest()
+            p = self._dest(want)
         except BaseException:
             return NULL
-        size[0] = <Py_ssize_t>remaining
+        room = (self._zbuf_cap if self._msg_compressed else self._buf_cap) - filled
+        size[0] = room if <uint64_t>room < remaining else <Py_ssize_t>remaining
         return p
 
     cdef int direct_written(self, Py_ssize_t n) except -1:
         """``n`` bytes were written at ``direct_target()``: unmask and check them."""
-        return self._payload_in_place(self._dest(), n)
+        return self._payload_in_place(self._dest(n), n)
 
     # ------------------------------------------------------------ Python twins
 

@@ -228,6 +228,10 @@ cdef class _ReadTarget:
     def __len__(self):
         return self.size
 
+    def __getitem__(self, key):
+        # asyncio's TLS transport slices the buffer it is given
+        return memoryview(self)[key]
+
     def __getbuffer__(self, Py_buffer* view, int flags):
         self._shape[0] = self.size
         view.buf = <void*>self.ptr
@@ -489,7 +493,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef _ReadTarget t = self.endpoint._target
         cdef Py_ssize_t size = 0
         cdef uint8_t* p = NULL
-        if self._state == OPEN and self._parser is not None:
+        if (self._state == OPEN or self._state == CLOSING) and not self._input_closed and self._parser is not None:
             p = self._parser.direct_target(&size)
         if p != NULL:
             self._direct = True
@@ -508,7 +512,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._last_recv = _now()
         if self._direct:
             self._direct = False
-            if self._state != OPEN:
+            if self._input_closed or not (self._state == OPEN or self._state == CLOSING):
                 return
             self._corked = True
             try:
@@ -520,7 +524,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 self._uncork()
             return
         data = fastws_scratch()
-        if self._state == OPEN and not self._input_closed:
+        if (self._state == OPEN or self._state == CLOSING) and not self._input_closed:
+            # CLOSING: we sent a CLOSE and keep reading until the peer's CLOSE arrives
             self._corked = True
             try:
                 self._process(data, nbytes)
@@ -783,7 +788,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef Py_ssize_t used = 0
         cdef int ev
         cdef FrameParser parser = self._parser
-        while self._state == OPEN and not self._input_closed:
+        while (self._state == OPEN or self._state == CLOSING) and not self._input_closed:
             ev = parser.next_event(data, n, &used)
             data += used
             n -= used

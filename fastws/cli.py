@@ -25,13 +25,16 @@ class CLIError(Exception):
     """A clear, one-line error for the user (exit code 2)."""
 
 
-def load_app(spec: str) -> Any:
-    """Import ``module:attr`` (attr may be dotted)."""
+def load_app(spec: str, app_dir: str = ".") -> Any:
+    """Import ``module:attr`` (attr may be dotted) with ``app_dir`` first on ``sys.path``."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CLIError(f"app must look like module:attribute, got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    path = os.path.abspath(app_dir)
+    if not os.path.isdir(path):
+        raise CLIError(f"--app-dir {app_dir!r} is not a directory")
+    if path not in sys.path:
+        sys.path.insert(0, path)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -50,7 +53,7 @@ def load_app(spec: str) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from fastws.server import run
 
-    app = load_app(args.app)
+    app = load_app(args.app, args.app_dir)
     options: dict[str, Any] = dict(getattr(app, "server_options", None) or {})
     if args.max_size is not None:
         options["max_size"] = args.max_size
@@ -127,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve module:app")
     s.add_argument("app", help="module:attribute, e.g. examples.echo:app")
+    s.add_argument("--app-dir", default=".", help="directory to import the app from (default: the current one)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-size", type=int, default=None, help="largest message in bytes")

@@ -20,7 +20,7 @@ from typing import Any
 from fastws._protocol import Connection, Endpoint
 from fastws.connection import Listener
 from fastws.exceptions import HandshakeError
-from fastws.handshake import CompressionOptions, Request, Response
+from fastws.handshake import CompressionOptions, Request
 
 __all__ = ["Accept", "Server", "serve", "run", "resolve_app", "compression_options"]
 

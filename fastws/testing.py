@@ -40,14 +40,17 @@ class TestServer:
     def __init__(self, app: Any, **options: Any) -> None:
         options.setdefault("shutdown_timeout", 5.0)
         self.server = Server(app, "127.0.0.1", 0, **options)
+        self._url = ""
+        self._port = 0
 
     @property
     def url(self) -> str:
-        return self.server.url
+        """``ws://127.0.0.1:PORT`` (still valid after stop)."""
+        return self._url
 
     @property
     def port(self) -> int:
-        return self.server.address[1]
+        return self._port
 
     def connect(self, path: str = "/", **options: Any) -> connect:
         """A :func:`fastws.connect` to ``path`` on this server (await it or ``async with`` it)."""
@@ -57,6 +60,8 @@ class TestServer:
 
     async def start(self) -> TestServer:
         await self.server.start()
+        self._url = self.server.url
+        self._port = self.server.address[1]
         return self
 
     async def stop(self) -> None:

@@ -57,8 +57,11 @@ async def _websockets_handler(conn, seen):
         await conn.send(msg)
 
 
+SEEN = web.AppKey("seen", list)
+
+
 async def _aiohttp_handler(request):
-    seen = request.app["seen"]
+    seen = request.app[SEEN]
     ws = web.WebSocketResponse(protocols=("chat",), compress=True, max_msg_size=0, autoping=True)
     await ws.prepare(request)
     seen.append(SimpleNamespace(
@@ -121,7 +124,7 @@ async def peer(request):
                                   seen=seen, server=server)
     else:
         app = web.Application()
-        app["seen"] = seen
+        app[SEEN] = seen
         app.router.add_get("/ws", _aiohttp_handler)
         app.router.add_get("/forbidden", _forbidden)
         app.router.add_get("/plain", _plain)
@@ -284,7 +287,6 @@ async def test_async_with_closes_on_exit(peer):
         await ws.recv()
 
 
-@pytest.mark.xfail(strict=True, reason=CLIENT_CLOSE_REPLY_BUG)
 async def test_close_code_after_clean_client_close(peer):
     async with fastws.connect(peer.url, compression=False) as ws:
         await ws.send("in")

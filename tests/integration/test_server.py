@@ -48,7 +48,7 @@ def app(request):
     return APPS[request.param]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def payload(n: int, seed: int = 0) -> bytes:
     """Deterministic, not very compressible bytes (so compression paths see real data)."""
     out = bytearray()
@@ -328,7 +328,7 @@ async def test_permessage_deflate_compresses_on_the_wire(serve, app):
 
 
 @pytest.mark.parametrize("client", [
-    pytest.param("websockets", marks=pytest.mark.xfail(strict=True, reason=DEFLATE_MAX_SIZE_BUG)),
+    "websockets",
     "aiohttp",
 ])
 async def test_deflate_incompressible_message_under_max_size(serve, client):
@@ -359,7 +359,6 @@ async def test_deflate_message_over_max_size_is_1009(serve):
     assert ws.close_code == 1009
 
 
-@pytest.mark.xfail(strict=True, reason=CLOSE_REPLY_BUG)
 async def test_server_initiated_close_completes_on_reply(serve):
     """Minimal reproduction: the server closes, the client answers, the server must drop TCP."""
     closed = asyncio.get_running_loop().create_future()
@@ -380,7 +379,6 @@ async def test_server_initiated_close_completes_on_reply(serve):
         raw.close()
 
 
-@pytest.mark.xfail(strict=True, reason=CLOSE_REPLY_BUG)
 async def test_server_close_does_not_wait_for_close_timeout_websockets(serve):
     async def handler(ws):
         await ws.send("bye")

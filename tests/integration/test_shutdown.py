@@ -18,7 +18,6 @@ from tests.integration.test_bad_input import (
     open_raw_ws,
 )
 
-
 # fastws discards the client's reply to a server-initiated CLOSE (see
 # test_server.py::test_server_initiated_close_completes_on_reply), so each
 # connection closed by shutdown() only goes away at close_timeout: tests that
@@ -234,7 +233,6 @@ async def test_listener_on_close_called_on_shutdown():
     assert len(closes) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=SHUTDOWN_REPLY_BUG)
 async def test_shutdown_returns_once_clients_answered():
     server = await start(echo_handler, close_timeout=1)
     clients = [await websockets.connect(server.url, compression=None) for _ in range(3)]
@@ -247,7 +245,6 @@ async def test_shutdown_returns_once_clients_answered():
     assert elapsed < 0.5, f"shutdown took {elapsed:.1f}s although every client answered the CLOSE at once"
 
 
-@pytest.mark.xfail(strict=True, reason=SHUTDOWN_REPLY_BUG)
 async def test_handler_sees_1001_on_shutdown():
     seen = []
 
@@ -264,7 +261,6 @@ async def test_handler_sees_1001_on_shutdown():
     assert seen == [1001]
 
 
-@pytest.mark.xfail(strict=True, reason=SHUTDOWN_REPLY_BUG)
 async def test_listener_on_close_gets_1001_on_shutdown():
     closes = []
 

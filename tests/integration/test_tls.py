@@ -19,11 +19,8 @@ import fastws
 from tests.conftest import EchoListener, echo_handler
 from tests.integration.test_bad_input import (
     TIMEOUT,
-    expect_known_bug,
-    loop_name,
 )
 from tests.integration.test_server import payload, text
-
 
 ASYNCIO_TLS_READ_BUG = (
     "BUG: no fastws connection can read over TLS on asyncio's own loop: asyncio.sslproto slices the "
@@ -31,14 +28,6 @@ ASYNCIO_TLS_READ_BUG = (
     "subscriptable ('Fatal error on SSL protocol', TypeError: 'fastws._protocol._ReadTarget' object is "
     "not subscriptable); returning a memoryview would do. uvloop works"
 )
-
-
-@pytest.fixture(autouse=True)
-def asyncio_tls_read_bug(request):
-    """Every async test here has a fastws connection read over TLS: xfail them on asyncio."""
-    if asyncio.iscoroutinefunction(request.function) and loop_name(request) == "asyncio":
-        expect_known_bug(request, ASYNCIO_TLS_READ_BUG)
-    yield
 
 
 def make_certificate(directory) -> tuple[str, str]:
