@@ -137,6 +137,8 @@ cdef class FrameWriter:
     cdef int write_frame(self, int opcode, const uint8_t* payload, Py_ssize_t n, bint fin, bint rsv1) except -1
     cdef int write_close(self, int code, const uint8_t* reason, Py_ssize_t n) except -1
     cdef bytes take(self)
+    cdef object view(self)
+    cdef void clear(self)
     cdef inline Py_ssize_t size(self):
         return self._len
 

@@ -334,6 +334,17 @@ cdef class FrameWriter:
             memcpy(buf + 2, reason, n)
         return self.write_frame(Opcode.CLOSE, buf, n + 2, True, False)
 
+    cdef object view(self):
+        """A read-only memoryview of what was written (valid until the next write or clear)."""
+        return PyMemoryView_FromMemory(<char*>self._data, self._len, PyBUF_READ)
+
+    cdef void clear(self):
+        self._len = 0
+        if self._cap > 262144:
+            free(self._data)
+            self._data = NULL
+            self._cap = 0
+
     cdef bytes take(self):
         """Everything written so far as bytes; the writer is empty afterwards."""
         out = PyBytes_FromStringAndSize(<char*>self._data, self._len)

@@ -366,6 +366,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         int _state
         bint _corked
         bint _direct
+        bint _write_copies              # the transport copies what it cannot send at once (aiofastnet)
         object _hs                      #: ServerHandshake / ClientHandshake during the handshake
         readonly object request         #: handshake.Request (server side)
         readonly object response_headers  #: handshake.Headers (client side)
@@ -470,7 +471,12 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        self._write = transport.write
+        if type(transport).__module__.startswith("aiofastnet"):
+            # aiofastnet copies unsent data itself: frames can leave straight from the cork
+            self._write = transport.write_nocheck
+            self._write_copies = True
+        else:
+            self._write = transport.write
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             if self.endpoint.loop is None:
@@ -1070,9 +1076,14 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._corked = False
         cork = self.endpoint._cork
         if cork.size():
-            data = cork.take()
-            if self._write is not None:
-                self._write(data)
+            if self._write_copies:
+                if self._write is not None:
+                    self._write(cork.view())
+                cork.clear()
+            else:
+                data = cork.take()
+                if self._write is not None:
+                    self._write(data)
         return 0
 
     cdef int _send_payload(self, int opcode, const uint8_t* p, Py_ssize_t n, object owner) except -1:

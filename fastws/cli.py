@@ -65,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
         options["ping_timeout"] = args.ping_timeout or None
     if args.idle_timeout is not None:
         options["idle_timeout"] = args.idle_timeout or None
+    if args.transport is not None:
+        options["transport"] = args.transport
     if args.ssl_certfile:
         import ssl
 
@@ -141,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ssl-certfile", default=None)
     s.add_argument("--ssl-keyfile", default=None)
     s.add_argument("--no-uvloop", action="store_true", help="run on asyncio's own event loop")
+    s.add_argument("--transport", choices=["auto", "loop", "aiofastnet"], default=None,
+                   help="socket transports: the loop's own (default), aiofastnet's, or aiofastnet's when installed (auto)")
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("connect", help="open a WebSocket, send stdin lines, print messages")
