@@ -373,7 +373,9 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         readonly str subprotocol
         object _listener
         object _queue                   #: deque of str | bytes | _Pending, created on first use
-        object _waiter                  #: Future of a recv() waiting for the queue
+        object _waiter                  #: Future handed to recv()/__anext__, resolved with the next message
+        bint _waiter_anext              # the waiter is an __anext__: a normal close ends the iteration
+        bint _handed                    # a message went straight to a waiter; the app has not asked again yet
         object _handler                 #: coroutine function run after the handshake (server)
         readonly object task            #: the handler's task
         object _open_waiter             #: client: Future resolved when the handshake completes
@@ -834,21 +836,34 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         return 0
 
     cdef void _enqueue(self, object item):
+        cdef object w = self._waiter
+        if w is not None:
+            # someone awaits the next message and the queue is empty: hand it over directly
+            self._waiter = None
+            if not w.done():
+                w.set_result(item)
+                self._handed = True
+                return
         if self._queue is None:
             self._queue = _deque()
         self._queue.append(item)
-        if self._waiter is not None:
-            self._wake_waiter()
         if len(self._queue) >= self.endpoint.max_queue and not self._paused_reading and self.transport is not None:
             self._paused_reading = True
             self.transport.pause_reading()
 
     cdef void _wake_waiter(self):
+        """No more messages will come: fail the pending recv()/__anext__."""
         w = self._waiter
         if w is not None:
             self._waiter = None
             if not w.done():
-                w.set_result(None)
+                w.set_exception(self._end_exc(self._waiter_anext))
+
+    cdef object _end_exc(self, bint anext):
+        exc = self._closed_exc()
+        if anext and isinstance(exc, ConnectionClosedOK):
+            return StopAsyncIteration()
+        return exc
 
     cdef int _on_ping(self, FrameParser parser) except -1:
         if not self._close_sent:
@@ -880,8 +895,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self.close_code = code
         self.close_reason = reason
         self._input_closed = True
-        if self._listener is None and self._queue and not self._close_sent:
-            # messages are still queued: answer the CLOSE after the application read them
+        if self._listener is None and (self._queue or self._handed) and not self._close_sent:
+            # messages are still queued (or being handled): answer the CLOSE after the application read them
+            if self._queue is None:
+                self._queue = _deque()
             p = _Pending()
             p.code = code
             p.reason = reason
@@ -925,7 +942,9 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         """Fail the connection (RFC 6455 7.1.7): the one place that maps errors to close codes."""
         logger.debug("fastws: failing %s with %d (%s)", self.remote_address, code, reason)
         self._input_closed = True
-        if self._listener is None and self._queue and self._state == OPEN and not self._close_sent:
+        if self._listener is None and (self._queue or self._handed) and self._state == OPEN and not self._close_sent:
+            if self._queue is None:
+                self._queue = _deque()
             p = _Pending()
             p.code = code
             p.reason = reason
@@ -1247,45 +1266,51 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ high-level receive
 
-    async def recv(self):
-        """The next message: ``str`` for TEXT, ``bytes`` for BINARY.
+    cdef object _next(self, bint anext):
+        """A Future resolved with the next message. No coroutine is created per message:
+        the waiter is resolved with the message itself when it arrives."""
+        cdef object fut
+        cdef object item
+        if self._listener is not None:
+            raise RuntimeError("recv() is not available on a connection with a listener")
+        w = self._waiter
+        if w is not None and not w.done():
+            raise RuntimeError("recv() called while another coroutine is already waiting for a message")
+        self._handed = False
+        fut = self._loop.create_future()
+        if self._queue:
+            item = self._queue.popleft()
+            if type(item) is _Pending:
+                self._handle_pending(<_Pending>item)
+                fut.set_exception(self._end_exc(anext))
+                return fut
+            if self._paused_reading and len(self._queue) <= (self.endpoint.max_queue >> 1) \
+                    and self._state == OPEN and self.transport is not None:
+                self._paused_reading = False
+                self.transport.resume_reading()
+            fut.set_result(item)
+            return fut
+        if self._state == CLOSED or self._input_closed:
+            fut.set_exception(self._end_exc(anext))
+            return fut
+        self._waiter = fut
+        self._waiter_anext = anext
+        return fut
+
+    def recv(self):
+        """Await the next message: ``str`` for TEXT, ``bytes`` for BINARY.
 
         Raises:
             ConnectionClosedOK: after a normal close (1000/1001).
             ConnectionClosedError: after an error close or a dropped connection.
         """
-        cdef object item
-        if self._listener is not None:
-            raise RuntimeError("recv() is not available on a connection with a listener")
-        while True:
-            if self._queue:
-                item = self._queue.popleft()
-                if type(item) is _Pending:
-                    self._handle_pending(<_Pending>item)
-                    raise self._closed_exc()
-                if self._paused_reading and len(self._queue) <= (self.endpoint.max_queue >> 1) \
-                        and self._state == OPEN and self.transport is not None:
-                    self._paused_reading = False
-                    self.transport.resume_reading()
-                return item
-            if self._state != OPEN or self._close_received:
-                raise self._closed_exc()
-            if self._waiter is not None:
-                raise RuntimeError("recv() called while another coroutine is already waiting for a message")
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        return self._next(False)
 
     def __aiter__(self):
         return self
 
-    async def __anext__(self):
-        try:
-            return await self.recv()
-        except ConnectionClosedOK:
-            raise StopAsyncIteration from None
+    def __anext__(self):
+        return self._next(True)
 
     # ------------------------------------------------------------ listener plumbing
 
