@@ -279,6 +279,7 @@ cdef class Endpoint:
     cdef public set connections
     cdef public bint draining
     cdef FrameWriter _cork
+    cdef FrameWriter _direct_writer
     cdef _ReadTarget _target
     cdef object _sweep_handle
     cdef double _sweep_every
@@ -306,6 +307,7 @@ cdef class Endpoint:
         self.connections = set()
         self.draining = False
         self._cork = FrameWriter(is_client)
+        self._direct_writer = FrameWriter(is_client)
         self._target = _ReadTarget()
         self._sweep_handle = None
         timeouts = [t for t in (ping_interval, ping_timeout, idle_timeout, close_timeout, handshake_timeout) if t > 0]
@@ -344,6 +346,358 @@ cdef class _Base:
     pass
 
 
+cdef class SocketTransport
+
+
+# ---------------------------------------------------------------- socket transport
+
+cdef extern from "<errno.h>":
+    int errno
+    enum: EAGAIN, EWOULDBLOCK, EINTR
+
+cdef extern from "<sys/socket.h>":
+    ssize_t c_recv "recv"(int fd, void* buf, size_t n, int flags) nogil
+    ssize_t c_send "send"(int fd, const void* buf, size_t n, int flags) nogil
+    int c_shutdown "shutdown"(int fd, int how) nogil
+    enum: SHUT_WR
+
+cdef extern from "<sys/uio.h>":
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t c_writev "writev"(int fd, const iovec* iov, int cnt) nogil
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #define FASTWS_WOULD_BLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
+    #ifdef MSG_NOSIGNAL
+    #define FASTWS_SEND_FLAGS MSG_NOSIGNAL
+    #else
+    #define FASTWS_SEND_FLAGS 0
+    #endif
+    """
+    int FASTWS_SEND_FLAGS
+    bint FASTWS_WOULD_BLOCK(int e)
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+
+
+@cython.final
+cdef class SocketTransport:
+    """An asyncio-compatible transport over a non-blocking TCP socket, driven by
+    ``loop.add_reader`` / ``loop.add_writer``.
+
+    The connection reads into its own buffers and writes from its cork with
+    plain ``recv``/``send`` calls at C level: no bytes object, no Python call
+    per frame, and an idle connection costs a socket and a poll handle.
+    Used by :func:`fastws.serve` for plain TCP (TLS uses the loop's transports).
+    """
+    cdef:
+        int _fd
+        object _sock            #: socket.socket owning the fd
+        object _loop
+        Connection _conn
+        object _peername
+        bytearray _wbuf         # bytes accepted but not yet sent
+        Py_ssize_t _high
+        Py_ssize_t _low
+        bint _reading
+        bint _writing
+        bint _closing
+        bint _closed
+        bint _eof_pending
+        bint _paused
+        bint _read_wanted
+
+    def __init__(self):
+        raise TypeError("SocketTransport objects are created by fastws")
+
+    @staticmethod
+    cdef SocketTransport new(object loop, object sock, object peername, Connection conn):
+        cdef SocketTransport t = SocketTransport.__new__(SocketTransport)
+        t._loop = loop
+        t._sock = sock
+        t._fd = sock.fileno()
+        t._peername = peername
+        t._conn = conn
+        t._high = 65536
+        t._low = 16384
+        return t
+
+    # ------------------------------------------------------------ reading
+
+    cdef void _start_reading(self):
+        if not self._reading and not self._closing and not self._closed:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    cdef void _stop_reading(self):
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def _on_readable(self):
+        cdef uint8_t* p
+        cdef Py_ssize_t size, n
+        cdef Connection conn = self._conn
+        if self._closed or not self._reading:
+            return
+        try:
+            size = conn._read_target(&p)
+            while True:
+                n = c_recv(self._fd, p, size, 0)
+                if n > 0:
+                    break
+                if n == 0:
+                    conn._direct = False
+                    self._on_eof()
+                    return
+                if errno == EINTR:
+                    continue
+                conn._direct = False
+                if FASTWS_WOULD_BLOCK(errno):
+                    return
+                self._fatal(OSError(errno, os.strerror(errno)))
+                return
+            conn._on_read(n)
+        except Exception as exc:  # a bug, not the peer's fault: report it, drop the connection
+            logger.error("fastws: error while reading from %s", self._peername, exc_info=exc)
+            self._finish(exc)
+
+    cdef void _on_eof(self):
+        self._stop_reading()
+        keep_open = False
+        try:
+            keep_open = self._conn.eof_received()
+        except Exception as exc:
+            logger.error("fastws: error in eof_received", exc_info=exc)
+        if not keep_open:
+            self.close()
+
+    # ------------------------------------------------------------ writing
+
+    cdef Py_ssize_t buffered(self):
+        return PyByteArray_GET_SIZE(self._wbuf) if self._wbuf is not None else 0
+
+    cdef int write_c(self, const uint8_t* p, Py_ssize_t n) except -1:
+        """Send now what the kernel takes; keep the rest and send it when the socket is writable."""
+        cdef Py_ssize_t sent = 0
+        if self._closed or self._closing or n <= 0:
+            return 0
+        if self._wbuf is None or PyByteArray_GET_SIZE(self._wbuf) == 0:
+            while True:
+                sent = c_send(self._fd, p, n, FASTWS_SEND_FLAGS)
+                if sent >= 0:
+                    break
+                if errno == EINTR:
+                    continue
+                if FASTWS_WOULD_BLOCK(errno):
+                    sent = 0
+                    break
+                self._fatal(OSError(errno, os.strerror(errno)))
+                return 0
+            if sent == n:
+                return 0
+        self._append(p + sent, n - sent)
+        return 0
+
+    cdef int write2_c(self, const uint8_t* a, Py_ssize_t na, const uint8_t* b, Py_ssize_t nb) except -1:
+        """Header and payload in one writev, without joining them."""
+        cdef iovec iov[2]
+        cdef Py_ssize_t sent = 0
+        if self._closed or self._closing:
+            return 0
+        if self._wbuf is None or PyByteArray_GET_SIZE(self._wbuf) == 0:
+            iov[0].iov_base = <void*>a
+            iov[0].iov_len = na
+            iov[1].iov_base = <void*>b
+            iov[1].iov_len = nb
+            while True:
+                sent = c_writev(self._fd, iov, 2)
+                if sent >= 0:
+                    break
+                if errno == EINTR:
+                    continue
+                if FASTWS_WOULD_BLOCK(errno):
+                    sent = 0
+                    break
+                self._fatal(OSError(errno, os.strerror(errno)))
+                return 0
+            if sent == na + nb:
+                return 0
+        if sent < na:
+            self._append(a + sent, na - sent)
+            self._append(b, nb)
+        else:
+            self._append(b + (sent - na), nb - (sent - na))
+        return 0
+
+    cdef void _append(self, const uint8_t* p, Py_ssize_t n):
+        cdef Py_ssize_t old
+        if self._wbuf is None:
+            self._wbuf = bytearray()
+        old = PyByteArray_GET_SIZE(self._wbuf)
+        PyByteArray_Resize(self._wbuf, old + n)
+        memcpy(PyByteArray_AS_STRING(self._wbuf) + old, p, n)
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._on_writable)
+        if not self._paused and old + n > self._high:
+            self._paused = True
+            try:
+                self._conn.pause_writing()
+            except Exception as exc:
+                logger.error("fastws: error in pause_writing", exc_info=exc)
+
+    def _on_writable(self):
+        cdef Py_ssize_t n, sent
+        if self._closed or self._wbuf is None:
+            return
+        n = PyByteArray_GET_SIZE(self._wbuf)
+        while n:
+            sent = c_send(self._fd, PyByteArray_AS_STRING(self._wbuf), n, FASTWS_SEND_FLAGS)
+            if sent < 0:
+                if errno == EINTR:
+                    continue
+                if FASTWS_WOULD_BLOCK(errno):
+                    return
+                self._fatal(OSError(errno, os.strerror(errno)))
+                return
+            del self._wbuf[:sent]
+            n -= sent
+            break
+        if n == 0:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+            if len(self._wbuf) > 262144:
+                self._wbuf = None
+            if self._eof_pending:
+                self._eof_pending = False
+                c_shutdown(self._fd, SHUT_WR)
+            if self._closing:
+                self._finish(None)
+                return
+        if self._paused and n <= self._low:
+            self._paused = False
+            try:
+                self._conn.resume_writing()
+            except Exception as exc:
+                logger.error("fastws: error in resume_writing", exc_info=exc)
+
+    # ------------------------------------------------------------ closing
+
+    cdef void _fatal(self, object exc):
+        logger.debug("fastws: socket error on %s: %s", self._peername, exc)
+        self._finish(exc)
+
+    cdef void _finish(self, object exc):
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_reading()
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+        self._wbuf = None
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._loop.call_soon(self._conn.connection_lost, exc)
+
+    # ------------------------------------------------------------ asyncio.Transport API
+
+    def write(self, data):
+        cdef Py_buffer view
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self.write_c(<uint8_t*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    def writelines(self, lines):
+        for data in lines:
+            self.write(data)
+
+    def write_eof(self):
+        if self._closed or self._eof_pending:
+            return
+        if self.buffered():
+            self._eof_pending = True
+        else:
+            c_shutdown(self._fd, SHUT_WR)
+
+    def can_write_eof(self):
+        return True
+
+    def close(self):
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self.buffered():
+            self._finish(None)
+
+    def abort(self):
+        self._finish(None)
+
+    def is_closing(self):
+        return self._closing or self._closed
+
+    def pause_reading(self):
+        self._stop_reading()
+
+    def resume_reading(self):
+        self._start_reading()
+
+    def is_reading(self):
+        return self._reading
+
+    def get_write_buffer_size(self):
+        return self.buffered()
+
+    def get_write_buffer_limits(self):
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = 65536 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high = high
+        self._low = low
+
+    def get_extra_info(self, name, default=None):
+        if name == "peername":
+            return self._peername
+        if name == "socket":
+            return self._sock
+        if name == "sockname":
+            try:
+                return self._sock.getsockname()
+            except OSError:
+                return default
+        return default
+
+    def get_protocol(self):
+        return self._conn
+
+    def __repr__(self):
+        return f"<fastws.SocketTransport fd={self._fd} {'closed' if self._closed else 'open'}>"
+
+
+def attach_socket(Endpoint endpoint, object sock, object peername):
+    """Run a WebSocket server connection on an accepted, non-blocking socket."""
+    cdef Connection conn = Connection(endpoint)
+    cdef SocketTransport t = SocketTransport.new(endpoint.loop, sock, peername, conn)
+    conn.connection_made(t)
+    t._start_reading()
+    return conn
+
+
 cdef class Connection(_Base, asyncio.BufferedProtocol):
     """One WebSocket connection: the protocol the event loop drives and the
     object handlers receive (``ws``).
@@ -367,6 +721,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         bint _corked
         bint _direct
         bint _write_copies              # the transport copies what it cannot send at once (aiofastnet)
+        SocketTransport _sock           # our own socket transport (C-level writes), or None
         object _hs                      #: ServerHandshake / ClientHandshake during the handshake
         readonly object request         #: handshake.Request (server side)
         readonly object response_headers  #: handshake.Headers (client side)
@@ -473,7 +828,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        if type(transport).__module__.startswith("aiofastnet"):
+        if type(transport) is SocketTransport:
+            self._sock = <SocketTransport>transport
+            self._write = transport.write
+            self._write_copies = True
+        elif type(transport).__module__.startswith("aiofastnet"):
             # aiofastnet copies unsent data itself: frames can leave straight from the cork
             self._write = transport.write_nocheck
             self._write_copies = True
@@ -497,31 +856,39 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         elif self.endpoint.draining:
             self._reject(HandshakeError(503, "Server shutting down"))
 
-    def get_buffer(self, Py_ssize_t sizehint):
-        cdef _ReadTarget t = self.endpoint._target
+    cdef Py_ssize_t _read_target(self, uint8_t** out) except -1:
+        """Where the next read goes: a large payload's own buffer, else the scratch buffer."""
         cdef Py_ssize_t size = 0
         cdef uint8_t* p = NULL
         if (self._state == OPEN or self._state == CLOSING) and not self._input_closed and self._parser is not None:
             p = self._parser.direct_target(&size)
         if p != NULL:
             self._direct = True
-            t.ptr = p
-            t.size = size
-        else:
-            self._direct = False
-            t.ptr = fastws_scratch()
-            if t.ptr == NULL:
-                raise MemoryError()
-            t.size = FASTWS_SCRATCH_SIZE
+            out[0] = p
+            return size
+        self._direct = False
+        p = fastws_scratch()
+        if p == NULL:
+            raise MemoryError()
+        out[0] = p
+        return FASTWS_SCRATCH_SIZE
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        cdef _ReadTarget t = self.endpoint._target
+        t.size = self._read_target(&t.ptr)
         return t
 
     def buffer_updated(self, Py_ssize_t nbytes):
+        self._on_read(nbytes)
+
+    cdef int _on_read(self, Py_ssize_t nbytes) except -1:
+        """``nbytes`` landed where ``_read_target`` said: parse and dispatch them."""
         cdef uint8_t* data
         self._last_recv = _now()
         if self._direct:
             self._direct = False
             if self._input_closed or not (self._state == OPEN or self._state == CLOSING):
-                return
+                return 0
             self._corked = True
             try:
                 self._parser.direct_written(nbytes)
@@ -530,7 +897,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 self._fail(exc.code, exc.reason)
             finally:
                 self._uncork()
-            return
+            return 0
         data = fastws_scratch()
         if (self._state == OPEN or self._state == CLOSING) and not self._input_closed:
             # CLOSING: we sent a CLOSE and keep reading until the peer's CLOSE arrives
@@ -544,6 +911,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         elif self._state == HANDSHAKE:
             self._handshake_data(data, nbytes)
         # after a CLOSE or a failure: discard
+        return 0
 
     def eof_received(self):
         self._on_eof()
@@ -1070,6 +1438,13 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             return 0
         if self._corked:
             self.endpoint._cork.write_frame(opcode, p, n, True, rsv1)
+        elif self._sock is not None:
+            # not dispatching (e.g. a task or another connection's handler): frame into
+            # the endpoint's second writer, which is never left holding data
+            cork = self.endpoint._direct_writer
+            cork.write_frame(opcode, p, n, True, rsv1)
+            self._sock.write_c(cork._data, cork._len)
+            cork.clear()
         else:
             self._write(build_frame_c(opcode, p, n, True, rsv1, self.endpoint.is_client))
         return 0
@@ -1095,7 +1470,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._corked = False
         cork = self.endpoint._cork
         if cork.size():
-            if self._write_copies:
+            if self._sock is not None:
+                self._sock.write_c(cork._data, cork._len)
+                cork.clear()
+            elif self._write_copies:
                 if self._write is not None:
                     self._write(cork.view())
                 cork.clear()
@@ -1124,7 +1502,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 self._uncork()
                 self._corked = True
             h = write_header(hdr, opcode, True, rsv1, n, NULL)
-            self.transport.writelines((PyBytes_FromStringAndSize(<char*>hdr, h), owner))
+            if self._sock is not None:
+                self._sock.write2_c(hdr, h, p, n)
+            else:
+                self.transport.writelines((PyBytes_FromStringAndSize(<char*>hdr, h), owner))
             return 0
         return self._send_raw(opcode, p, n, rsv1)
 
@@ -1132,7 +1513,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef Endpoint ep = self.endpoint
         if not self._paused_writing:
             return READY
-        if ep.max_write_buffer and self.transport.get_write_buffer_size() > ep.max_write_buffer:
+        if ep.max_write_buffer and (self._sock.buffered() if self._sock is not None
+                                    else self.transport.get_write_buffer_size()) > ep.max_write_buffer:
             raise BufferFull(f"more than {ep.max_write_buffer} bytes buffered for a peer that does not read")
         if self._drain_waiter is None:
             self._drain_waiter = self._loop.create_future()

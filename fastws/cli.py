@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ssl-certfile", default=None)
     s.add_argument("--ssl-keyfile", default=None)
     s.add_argument("--no-uvloop", action="store_true", help="run on asyncio's own event loop")
-    s.add_argument("--transport", choices=["auto", "loop", "aiofastnet"], default=None,
-                   help="socket transports: the loop's own (default), aiofastnet's, or aiofastnet's when installed (auto)")
+    s.add_argument("--transport", choices=["auto", "socket", "loop", "aiofastnet"], default=None,
+                   help="auto (default): fastws' socket transport for TCP, the loop's for TLS")
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("connect", help="open a WebSocket, send stdin lines, print messages")

@@ -17,7 +17,9 @@ import ssl as _ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastws._protocol import Connection, Endpoint
+import errno
+
+from fastws._protocol import Connection, Endpoint, attach_socket
 from fastws.connection import Listener
 from fastws.exceptions import HandshakeError
 from fastws.handshake import CompressionOptions, Request
@@ -139,7 +141,7 @@ class Server:
                  backlog: int = 4096,
                  reuse_port: bool = False,
                  sock: socket.socket | None = None,
-                 transport: str = "loop",
+                 transport: str = "auto",
                  accept: Callable[[Connection, Request], Any] | None = None) -> None:
         self.app = app
         self.host = host
@@ -149,8 +151,10 @@ class Server:
         self.reuse_port = reuse_port
         self.sock = sock
         self.shutdown_timeout = shutdown_timeout
-        if transport not in ("auto", "loop", "aiofastnet"):
-            raise ValueError("transport must be 'auto', 'loop' or 'aiofastnet'")
+        if transport not in ("auto", "socket", "loop", "aiofastnet"):
+            raise ValueError("transport must be 'auto', 'socket', 'loop' or 'aiofastnet'")
+        if transport == "socket" and ssl is not None:
+            raise ValueError("transport='socket' is plain TCP; TLS runs on the loop's transports")
         self.transport = transport
         self._accept = accept or resolve_app(app, subprotocols)
         self.endpoint = Endpoint(
@@ -185,8 +189,11 @@ class Server:
         """Listen. Returns self."""
         loop = asyncio.get_running_loop()
         self.endpoint.loop = loop
+        if self.transport == "socket" or (self.transport == "auto" and self.ssl is None):
+            self._server = _SocketServer(loop, self.endpoint, self._listen_sockets())
+            return self
         create_server = loop.create_server
-        fast = _aiofastnet() if self.transport != "loop" else None
+        fast = _aiofastnet() if self.transport == "aiofastnet" else None
         if self.transport == "aiofastnet" and fast is None:
             raise RuntimeError("transport='aiofastnet' needs the aiofastnet package (pip install fastws[speedups])")
         if fast is not None:
@@ -201,6 +208,35 @@ class Server:
             self._server = await create_server(self._factory, self.host, self.port, ssl=self.ssl,
                                                backlog=self.backlog, **kw)
         return self
+
+    def _listen_sockets(self) -> list[socket.socket]:
+        if self.sock is not None:
+            self.sock.setblocking(False)
+            return [self.sock]
+        infos = socket.getaddrinfo(self.host, self.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+        seen = set()
+        socks: list[socket.socket] = []
+        try:
+            for family, type_, proto, _, addr in infos:
+                if (family, addr) in seen:
+                    continue
+                seen.add((family, addr))
+                sock = socket.socket(family, type_, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+                sock.listen(self.backlog)
+                sock.setblocking(False)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -285,6 +321,73 @@ class Server:
         return self.start().__await__()
 
 
+class _SocketServer:
+    """Listening sockets whose connections run on fastws' own SocketTransport
+    (the accept loop is ``loop.add_reader`` on each listening socket)."""
+
+    ACCEPT_BATCH = 128
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint, sockets: list[socket.socket]) -> None:
+        self._loop = loop
+        self._endpoint = endpoint
+        self.sockets = sockets
+        self._closed = False
+        self._serving: asyncio.Future[None] | None = None
+        for sock in sockets:
+            loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, lsock: socket.socket) -> None:
+        for _ in range(self.ACCEPT_BATCH):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # out of descriptors or memory: stop accepting for a moment instead of spinning
+                    logger.warning("fastws: cannot accept connections (%s); retrying in 1 s", exc)
+                    self._loop.remove_reader(lsock.fileno())
+                    self._loop.call_later(1.0, self._resume, lsock)
+                    return
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                logger.warning("fastws: accept failed: %s", exc)
+                return
+            try:
+                sock.setblocking(False)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                attach_socket(self._endpoint, sock, addr)
+            except OSError as exc:  # the peer is already gone
+                logger.debug("fastws: dropping a connection from %s: %s", addr, exc)
+                sock.close()
+
+    def _resume(self, lsock: socket.socket) -> None:
+        if not self._closed:
+            self._loop.add_reader(lsock.fileno(), self._accept, lsock)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sock in self.sockets:
+            try:
+                self._loop.remove_reader(sock.fileno())
+            except (ValueError, OSError):
+                pass
+            sock.close()
+        if self._serving is not None and not self._serving.done():
+            self._serving.set_result(None)
+
+    async def wait_closed(self) -> None:
+        return None
+
+    async def serve_forever(self) -> None:
+        if self._serving is None:
+            self._serving = self._loop.create_future()
+        await self._serving
+
+
 def _aiofastnet() -> Any:
     """The aiofastnet module when installed (faster transports than the loop's own), else None."""
     try:
@@ -316,9 +419,9 @@ def serve(app: Any, host: str | None = "127.0.0.1", port: int = 8000, **kwargs: 
         max_header_size: largest request head (431 beyond). Default 16 KiB.
         shutdown_timeout: bound on graceful shutdown.
         backlog, reuse_port, sock: passed to ``loop.create_server``.
-        transport: ``"loop"`` (the event loop's own transports, the default: smallest idle
-            connections), ``"aiofastnet"`` (aiofastnet's transports: less CPU per message, more
-            memory per connection) or ``"auto"`` (aiofastnet when installed).
+        transport: ``"auto"`` (the default: fastws' own socket transport for plain TCP,
+            the loop's transports for TLS), ``"socket"``, ``"loop"`` (the event loop's
+            transports) or ``"aiofastnet"`` (aiofastnet's, when installed).
     """
     return Server(app, host, port, **kwargs)
 
