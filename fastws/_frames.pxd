@@ -16,6 +16,8 @@ cdef extern from "_speedups.h":
     uint8_t* fastws_scratch() nogil
     const char* fastws_mask_impl() nogil
     enum: FASTWS_SCRATCH_SIZE
+    enum: FASTWS_CAN_RECYCLE
+    void fastws_bytes_forget_hash(PyObject* o)
 
 
 cpdef enum Opcode:
@@ -147,3 +149,4 @@ cdef Py_ssize_t write_header(uint8_t* out, int opcode, bint fin, bint rsv1, Py_s
 cdef int random_key(uint8_t* out) except -1
 cdef bytes build_frame_c(int opcode, const uint8_t* payload, Py_ssize_t n, bint fin, bint rsv1, bint mask)
 cdef bint valid_close_code(int code) noexcept
+cdef void recycle_buffer(object obj)

@@ -465,6 +465,61 @@ cdef class Deflate:
 
 # ---------------------------------------------------------------- parsing
 
+# ---------------------------------------------------------------- buffer pool
+#
+# Large message buffers are bytes objects. Allocating and freeing a 256 KiB
+# or 1 MiB block per message makes glibc map and unmap memory, and the page
+# faults cost more than the copy. A message buffer that nobody references any
+# more after its dispatch (refcount 1, checked by the caller) goes back into
+# this small pool and becomes the next message's buffer.
+
+cdef enum:
+    POOL_SIZE = 8
+    POOL_MIN = 65536
+    POOL_MAX = 16 << 20
+
+cdef PyObject* _pool[8]
+cdef int _pool_n = 0
+
+
+cdef void recycle_buffer(object obj):
+    """Keep ``obj`` (a bytes object the caller holds the only reference to) for reuse."""
+    global _pool_n
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(obj)
+    if not FASTWS_CAN_RECYCLE or n < POOL_MIN or n > POOL_MAX or _pool_n >= POOL_SIZE:
+        return
+    Py_INCREF(obj)
+    _pool[_pool_n] = <PyObject*>obj
+    _pool_n += 1
+
+
+cdef PyObject* _pool_take(Py_ssize_t want):
+    """A pooled buffer (the smallest one >= want, else the largest), or NULL."""
+    global _pool_n
+    cdef int i, best = -1
+    cdef Py_ssize_t size, best_size = 0
+    if _pool_n == 0:
+        return NULL
+    for i in range(_pool_n):
+        size = PyBytes_GET_SIZE(<object>_pool[i])
+        if best < 0:
+            best, best_size = i, size
+        elif size >= want and (best_size < want or size < best_size):
+            best, best_size = i, size
+        elif best_size < want and size > best_size:
+            best, best_size = i, size
+    cdef PyObject* p = _pool[best]
+    _pool_n -= 1
+    _pool[best] = _pool[_pool_n]
+    fastws_bytes_forget_hash(p)
+    return p
+
+
+def pool_size():
+    """How many message buffers wait for reuse (tests, metrics)."""
+    return _pool_n
+
+
 cdef int _grow(PyObject** pbuf, Py_ssize_t* pcap, Py_ssize_t need, Py_ssize_t limit) except -1:
     """Make the bytes object at ``*pbuf`` (refcount 1, or NULL) hold ``need`` bytes.
 
@@ -482,6 +537,15 @@ cdef int _grow(PyObject** pbuf, Py_ssize_t* pcap, Py_ssize_t need, Py_ssize_t li
     if cap > limit:
         cap = limit if limit >= need else need
     if pbuf[0] == NULL:
+        if cap >= POOL_MIN:
+            pbuf[0] = _pool_take(limit)
+            if pbuf[0] != NULL:
+                if PyBytes_GET_SIZE(<object>pbuf[0]) >= cap:
+                    pcap[0] = PyBytes_GET_SIZE(<object>pbuf[0])
+                    return 0
+                _PyBytes_Resize(pbuf, cap)
+                pcap[0] = cap
+                return 0
         obj = PyBytes_FromStringAndSize(NULL, cap)
         Py_INCREF(obj)
         pbuf[0] = <PyObject*>obj
@@ -644,6 +708,8 @@ cdef class FrameParser:
         if self._opcode >= 8:
             return self._control_event(self._ctrl, n)
         if self._msg_compressed:
+            if self._zbuf != NULL and PyBytes_GET_SIZE(<object>self._zbuf) != n:
+                _PyBytes_Resize(&self._zbuf, n)     # a pooled buffer may be longer than the frame
             zb = <object>self._zbuf if self._zbuf != NULL else b""
             Py_XDECREF(self._zbuf)
             self._zbuf = NULL

@@ -40,8 +40,9 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from fastws._frames cimport (
     FrameParser, FrameWriter, Deflate, Opcode,
     EV_NEED_MORE, EV_MESSAGE, EV_PING, EV_PONG, EV_CLOSE,
-    fastws_scratch, FASTWS_SCRATCH_SIZE, build_frame_c, write_header, valid_close_code,
+    fastws_scratch, FASTWS_SCRATCH_SIZE, build_frame_c, write_header, valid_close_code, recycle_buffer,
 )
+from cpython.ref cimport Py_REFCNT
 
 import asyncio
 import collections
@@ -79,6 +80,7 @@ cdef enum State:
 
 cdef enum:
     LARGE_SEND = 65536      # payloads at least this big are written without copying (writev)
+    WRITE_SLICE = 262144    # largest single send of a big payload
 
 
 cdef inline double _now() noexcept nogil:
@@ -399,7 +401,9 @@ cdef class SocketTransport:
         object _loop
         Connection _conn
         object _peername
-        bytearray _wbuf         # bytes accepted but not yet sent
+        list _wq                # bytes-like objects accepted but not yet sent, in order
+        bytearray _wtail        # the last item of _wq when it is our own copy (extended in place)
+        Py_ssize_t _wsize
         Py_ssize_t _high
         Py_ssize_t _low
         bint _reading
@@ -478,72 +482,109 @@ cdef class SocketTransport:
     # ------------------------------------------------------------ writing
 
     cdef Py_ssize_t buffered(self):
-        return PyByteArray_GET_SIZE(self._wbuf) if self._wbuf is not None else 0
+        return self._wsize
+
+    cdef int _send_now(self, iovec* iov, int cnt, Py_ssize_t* sent) except -1:
+        """One writev; ``sent`` is 0 when the socket would block. Returns -1 after a fatal error."""
+        cdef Py_ssize_t r
+        while True:
+            r = c_writev(self._fd, iov, cnt) if cnt > 1 else c_send(self._fd, iov[0].iov_base, iov[0].iov_len,
+                                                                     FASTWS_SEND_FLAGS)
+            if r >= 0:
+                sent[0] = r
+                return 0
+            if errno == EINTR:
+                continue
+            if FASTWS_WOULD_BLOCK(errno):
+                sent[0] = 0
+                return 0
+            self._fatal(OSError(errno, os.strerror(errno)))
+            return -1
 
     cdef int write_c(self, const uint8_t* p, Py_ssize_t n) except -1:
-        """Send now what the kernel takes; keep the rest and send it when the socket is writable."""
+        """Send now what the kernel takes; copy the rest and send it when the socket is writable."""
+        cdef iovec iov[1]
         cdef Py_ssize_t sent = 0
         if self._closed or self._closing or n <= 0:
             return 0
-        if self._wbuf is None or PyByteArray_GET_SIZE(self._wbuf) == 0:
-            while True:
-                sent = c_send(self._fd, p, n, FASTWS_SEND_FLAGS)
-                if sent >= 0:
-                    break
-                if errno == EINTR:
-                    continue
-                if FASTWS_WOULD_BLOCK(errno):
-                    sent = 0
-                    break
-                self._fatal(OSError(errno, os.strerror(errno)))
+        if self._wsize == 0:
+            iov[0].iov_base = <void*>p
+            iov[0].iov_len = n
+            if self._send_now(iov, 1, &sent) < 0 or sent == n:
                 return 0
-            if sent == n:
-                return 0
-        self._append(p + sent, n - sent)
+        self._queue_copy(p + sent, n - sent)
+        self._queued()
         return 0
 
-    cdef int write2_c(self, const uint8_t* a, Py_ssize_t na, const uint8_t* b, Py_ssize_t nb) except -1:
-        """Header and payload in one writev, without joining them."""
+    cdef int write2_c(self, const uint8_t* a, Py_ssize_t na, const uint8_t* b, Py_ssize_t nb,
+                      object owner=None) except -1:
+        """Header and payload in one writev. What the kernel does not take is kept: by
+        reference when ``owner`` is the immutable bytes holding ``b``, else copied."""
         cdef iovec iov[2]
         cdef Py_ssize_t sent = 0
         if self._closed or self._closing:
             return 0
-        if self._wbuf is None or PyByteArray_GET_SIZE(self._wbuf) == 0:
+        cdef Py_ssize_t chunk, more
+        if self._wsize == 0:
+            # in slices of at most WRITE_SLICE bytes: the kernel handles a few medium
+            # sends more cheaply than one huge one
             iov[0].iov_base = <void*>a
             iov[0].iov_len = na
             iov[1].iov_base = <void*>b
-            iov[1].iov_len = nb
-            while True:
-                sent = c_writev(self._fd, iov, 2)
-                if sent >= 0:
-                    break
-                if errno == EINTR:
-                    continue
-                if FASTWS_WOULD_BLOCK(errno):
-                    sent = 0
-                    break
-                self._fatal(OSError(errno, os.strerror(errno)))
+            iov[1].iov_len = nb if nb <= WRITE_SLICE else WRITE_SLICE
+            if self._send_now(iov, 2, &sent) < 0:
                 return 0
+            while sent == na + <Py_ssize_t>iov[1].iov_len and sent < na + nb:
+                chunk = nb - (sent - na)
+                if chunk > WRITE_SLICE:
+                    chunk = WRITE_SLICE
+                iov[1].iov_base = <void*>(b + (sent - na))
+                iov[1].iov_len = chunk
+                if self._send_now(&iov[1], 1, &more) < 0:
+                    return 0
+                sent += more
+                if more < chunk:
+                    break
+                iov[1].iov_len = sent - na  # loop condition: all sent so far
             if sent == na + nb:
                 return 0
         if sent < na:
-            self._append(a + sent, na - sent)
-            self._append(b, nb)
+            self._queue_copy(a + sent, na - sent)
+            sent = 0
         else:
-            self._append(b + (sent - na), nb - (sent - na))
+            sent -= na
+        if owner is not None:
+            off = <Py_ssize_t>(b - <const uint8_t*>PyBytes_AS_STRING(owner)) + sent
+            self._queue_obj(memoryview(owner)[off:off + nb - sent], nb - sent)
+        else:
+            self._queue_copy(b + sent, nb - sent)
+        self._queued()
         return 0
 
-    cdef void _append(self, const uint8_t* p, Py_ssize_t n):
+    cdef void _queue_copy(self, const uint8_t* p, Py_ssize_t n):
         cdef Py_ssize_t old
-        if self._wbuf is None:
-            self._wbuf = bytearray()
-        old = PyByteArray_GET_SIZE(self._wbuf)
-        PyByteArray_Resize(self._wbuf, old + n)
-        memcpy(PyByteArray_AS_STRING(self._wbuf) + old, p, n)
+        if self._wq is None:
+            self._wq = []
+        if self._wtail is None:
+            self._wtail = bytearray()
+            self._wq.append(self._wtail)
+        old = PyByteArray_GET_SIZE(self._wtail)
+        PyByteArray_Resize(self._wtail, old + n)
+        memcpy(PyByteArray_AS_STRING(self._wtail) + old, p, n)
+        self._wsize += n
+
+    cdef void _queue_obj(self, object obj, Py_ssize_t n):
+        if self._wq is None:
+            self._wq = []
+        self._wq.append(obj)
+        self._wtail = None
+        self._wsize += n
+
+    cdef void _queued(self):
         if not self._writing:
             self._writing = True
             self._loop.add_writer(self._fd, self._on_writable)
-        if not self._paused and old + n > self._high:
+        if not self._paused and self._wsize > self._high:
             self._paused = True
             try:
                 self._conn.pause_writing()
@@ -551,34 +592,51 @@ cdef class SocketTransport:
                 logger.error("fastws: error in pause_writing", exc_info=exc)
 
     def _on_writable(self):
-        cdef Py_ssize_t n, sent
-        if self._closed or self._wbuf is None:
+        cdef iovec iov[16]
+        cdef Py_buffer views[16]
+        cdef int cnt = 0, i
+        cdef Py_ssize_t sent = 0, size
+        cdef list wq = self._wq
+        if self._closed or not wq:
             return
-        n = PyByteArray_GET_SIZE(self._wbuf)
-        while n:
-            sent = c_send(self._fd, PyByteArray_AS_STRING(self._wbuf), n, FASTWS_SEND_FLAGS)
-            if sent < 0:
-                if errno == EINTR:
-                    continue
-                if FASTWS_WOULD_BLOCK(errno):
-                    return
-                self._fatal(OSError(errno, os.strerror(errno)))
+        try:
+            while cnt < 16 and cnt < len(wq):
+                PyObject_GetBuffer(wq[cnt], &views[cnt], PyBUF_SIMPLE)
+                iov[cnt].iov_base = views[cnt].buf
+                iov[cnt].iov_len = views[cnt].len
+                cnt += 1
+            if self._send_now(iov, cnt, &sent) < 0:
                 return
-            del self._wbuf[:sent]
-            n -= sent
-            break
-        if n == 0:
+        finally:
+            for i in range(cnt):
+                PyBuffer_Release(&views[i])
+        self._wsize -= sent
+        while sent and wq:
+            item = wq[0]
+            size = len(item)
+            if sent >= size:
+                sent -= size
+                del wq[0]
+                if item is self._wtail:
+                    self._wtail = None
+            else:
+                if type(item) is bytearray:
+                    del item[:sent]
+                else:
+                    wq[0] = memoryview(item)[sent:]
+                sent = 0
+        if not wq:
+            self._wsize = 0
+            self._wtail = None
             self._writing = False
             self._loop.remove_writer(self._fd)
-            if len(self._wbuf) > 262144:
-                self._wbuf = None
             if self._eof_pending:
                 self._eof_pending = False
                 c_shutdown(self._fd, SHUT_WR)
             if self._closing:
                 self._finish(None)
                 return
-        if self._paused and n <= self._low:
+        if self._paused and self._wsize <= self._low:
             self._paused = False
             try:
                 self._conn.resume_writing()
@@ -599,7 +657,9 @@ cdef class SocketTransport:
         if self._writing:
             self._writing = False
             self._loop.remove_writer(self._fd)
-        self._wbuf = None
+        self._wq = None
+        self._wtail = None
+        self._wsize = 0
         try:
             self._sock.close()
         except OSError:
@@ -1193,6 +1253,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 self._listener_error(exc)
             finally:
                 msg._invalidate()
+                if owner is not None and Py_REFCNT(msg) == 1:
+                    # nobody kept the message or its bytes: reuse the buffer for the next one
+                    msg._owner = None
+                    if Py_REFCNT(owner) == 1:
+                        recycle_buffer(owner)
             return 0
         if parser.ev_opcode == 1:
             item = PyUnicode_DecodeUTF8(<char*>parser.ev_ptr, parser.ev_len, NULL)
@@ -1495,15 +1560,16 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             p = <uint8_t*>PyBytes_AS_STRING(owner)
             n = PyBytes_GET_SIZE(owner)
             rsv1 = True
-        if (n >= LARGE_SEND and not self.endpoint.is_client and owner is not None
-                and PyBytes_CheckExact(owner) and PyBytes_GET_SIZE(owner) == n):
+        if n >= LARGE_SEND and not self.endpoint.is_client and (
+                self._sock is not None  # copies only what the kernel does not take at once
+                or (owner is not None and PyBytes_CheckExact(owner) and PyBytes_GET_SIZE(owner) == n)):
             # big immutable payload: header and payload leave in one writev, no copy
             if self._corked:
                 self._uncork()
                 self._corked = True
             h = write_header(hdr, opcode, True, rsv1, n, NULL)
             if self._sock is not None:
-                self._sock.write2_c(hdr, h, p, n)
+                self._sock.write2_c(hdr, h, p, n, owner if owner is not None and PyBytes_CheckExact(owner) else None)
             else:
                 self.transport.writelines((PyBytes_FromStringAndSize(<char*>hdr, h), owner))
             return 0

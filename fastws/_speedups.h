@@ -224,4 +224,28 @@ static inline uint8_t *fastws_scratch(void)
     return fastws_scratch_ptr;
 }
 
+/* ------------------------------------------------------------------ buffer reuse */
+
+/* A large bytes object that nobody references any more may be reused as the
+ * next message buffer. Its cached hash must then be forgotten. Where the
+ * layout of PyBytesObject is not known, reuse is off. */
+#include <Python.h>
+#if PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030E0000
+#define FASTWS_CAN_RECYCLE 1
+static inline void fastws_bytes_forget_hash(PyObject *o)
+{
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    ((PyBytesObject *)o)->ob_shash = -1;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+}
+#else
+#define FASTWS_CAN_RECYCLE 0
+static inline void fastws_bytes_forget_hash(PyObject *o) { (void)o; }
+#endif
+
 #endif /* FASTWS_SPEEDUPS_H */

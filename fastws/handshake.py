@@ -220,7 +220,8 @@ class CompressionOptions:
         client_no_context_takeover: ask the client to reset per message.
         server_max_window_bits: the server's LZ77 window (9..15).
         client_max_window_bits: the window asked of the client (9..15).
-        level: zlib compression level.
+        level: zlib compression level. The default, 1, costs about a third of the CPU of
+            zlib's usual 6 for a ratio a few percent worse on typical JSON/text messages.
         min_size: messages shorter than this are sent uncompressed.
     """
 
@@ -228,7 +229,7 @@ class CompressionOptions:
     client_no_context_takeover: bool = False
     server_max_window_bits: int = 15
     client_max_window_bits: int = 15
-    level: int = 6
+    level: int = 1
     min_size: int = 0
 
     def __post_init__(self) -> None:
