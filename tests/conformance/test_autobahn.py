@@ -91,7 +91,7 @@ def echo_server():
 @pytest.mark.parametrize("group", SELECTED or GROUPS)
 async def test_server(echo_server, group):
     try:
-        results = await kosoku.run_fuzzingclient(echo_server, [group], None, concurrency=2)
+        results = await kosoku.run_fuzzingclient(echo_server, [group], None, concurrency=1)
     except kosoku.FailureError as failure:
         results = failure.results
     assert results, "no case ran"
