@@ -474,28 +474,33 @@ cdef class Deflate:
 # this small pool and becomes the next message's buffer.
 
 cdef enum:
-    POOL_SIZE = 8
-    POOL_MIN = 65536
-    POOL_MAX = 16 << 20
+    POOL_SIZE = 64              # buffers kept at most
+    POOL_MIN = 65536            # smaller messages come from the ordinary allocator
+    POOL_MAX = 16 << 20         # bigger ones are not kept
+    POOL_BYTES = 32 << 20       # bound on the memory the pool holds
 
-cdef PyObject* _pool[8]
+cdef PyObject* _pool[64]
 cdef int _pool_n = 0
+cdef Py_ssize_t _pool_bytes = 0
+cdef bint _pool_used = False
 
 
 cdef void recycle_buffer(object obj):
     """Keep ``obj`` (a bytes object the caller holds the only reference to) for reuse."""
-    global _pool_n
+    global _pool_n, _pool_bytes
     cdef Py_ssize_t n = PyBytes_GET_SIZE(obj)
-    if not FASTWS_CAN_RECYCLE or n < POOL_MIN or n > POOL_MAX or _pool_n >= POOL_SIZE:
+    if (not FASTWS_CAN_RECYCLE or n < POOL_MIN or n > POOL_MAX or _pool_n >= POOL_SIZE
+            or _pool_bytes + n > POOL_BYTES):
         return
     Py_INCREF(obj)
     _pool[_pool_n] = <PyObject*>obj
     _pool_n += 1
+    _pool_bytes += n
 
 
 cdef PyObject* _pool_take(Py_ssize_t want):
     """A pooled buffer (the smallest one >= want, else the largest), or NULL."""
-    global _pool_n
+    global _pool_n, _pool_bytes, _pool_used
     cdef int i, best = -1
     cdef Py_ssize_t size, best_size = 0
     if _pool_n == 0:
@@ -511,6 +516,8 @@ cdef PyObject* _pool_take(Py_ssize_t want):
     cdef PyObject* p = _pool[best]
     _pool_n -= 1
     _pool[best] = _pool[_pool_n]
+    _pool_bytes -= best_size
+    _pool_used = True
     fastws_bytes_forget_hash(p)
     return p
 
@@ -518,6 +525,24 @@ cdef PyObject* _pool_take(Py_ssize_t want):
 def pool_size():
     """How many message buffers wait for reuse (tests, metrics)."""
     return _pool_n
+
+
+def pool_trim(bint if_idle=True):
+    """Free the pooled buffers; with ``if_idle``, only when none was taken since the
+    last call (servers call this from their periodic sweep, so a burst's buffers go
+    back to the system once it is over)."""
+    global _pool_n, _pool_bytes, _pool_used
+    if if_idle and _pool_used:
+        _pool_used = False
+        return 0
+    cdef int n = _pool_n
+    while _pool_n:
+        _pool_n -= 1
+        Py_DECREF(<object>_pool[_pool_n])
+        _pool[_pool_n] = NULL
+    _pool_bytes = 0
+    _pool_used = False
+    return n
 
 
 cdef int _grow(PyObject** pbuf, Py_ssize_t* pcap, Py_ssize_t need, Py_ssize_t limit) except -1:

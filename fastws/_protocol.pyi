@@ -1,7 +1,7 @@
 """Type stubs for the protocol layer (fastws/_protocol.pyx)."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastws._frames import Deflate

@@ -43,6 +43,7 @@ from fastws._frames cimport (
     fastws_scratch, FASTWS_SCRATCH_SIZE, build_frame_c, write_header, valid_close_code, recycle_buffer,
 )
 from cpython.ref cimport Py_REFCNT
+from fastws._frames import pool_trim
 
 import asyncio
 import collections
@@ -285,6 +286,7 @@ cdef class Endpoint:
     cdef _ReadTarget _target
     cdef object _sweep_handle
     cdef double _sweep_every
+    cdef long _last_trim
 
     def __init__(self, bint is_client=False, *, Py_ssize_t max_size=1 << 20, Py_ssize_t max_queue=32,
                  Py_ssize_t write_limit=65536, Py_ssize_t max_write_buffer=16 << 20,
@@ -335,6 +337,11 @@ cdef class Endpoint:
                 logger.exception("fastws: error in a connection timer")
         if self.connections:
             self._sweep_handle = self.loop.call_later(self._sweep_every, self._sweep)
+        now_s = <long>now
+        if now_s != self._last_trim and now_s % 10 == 0:
+            # every ~10 s: free pooled message buffers that sat unused since the last check
+            self._last_trim = now_s
+            pool_trim(True)
 
     def stop(self):
         if self._sweep_handle is not None:
@@ -619,6 +626,13 @@ cdef class SocketTransport:
                 del wq[0]
                 if item is self._wtail:
                     self._wtail = None
+                elif type(item) is memoryview:
+                    # a message buffer kept by reference: once sent, it may serve the next message
+                    base = (<memoryview>item).obj
+                    item = None
+                    if PyBytes_CheckExact(base) and Py_REFCNT(base) == 1:
+                        recycle_buffer(base)
+                    base = None
             else:
                 if type(item) is bytearray:
                     del item[:sent]

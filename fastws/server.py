@@ -9,6 +9,7 @@ when it is installed; ``serve()`` runs on whatever loop is running.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import signal
@@ -16,8 +17,6 @@ import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-
-import errno
 
 from fastws._protocol import Connection, Endpoint, attach_socket
 from fastws.connection import Listener
