@@ -446,6 +446,14 @@ cdef class Deflate:
             out = d.decompress(data, max_len + 1)
             if len(out) > max_len or d.unconsumed_tail:
                 raise PayloadTooBig()
+            if d.eof:
+                # the peer ended its deflate stream (BFINAL=1, allowed by RFC 7692 7.2.3.3):
+                # the next message starts a new one; nothing may follow in this one
+                self._decompressor = None
+                if d.unused_data[:5] not in (b"", _DEFLATE_TAIL[:len(d.unused_data[:5])]) or (
+                        not final and d.unused_data):
+                    raise ProtocolError(1007, "data after the end of the deflate stream")
+                return out
             if final:
                 tail = d.decompress(_DEFLATE_TAIL, max_len + 1 - len(out))
                 if tail:

@@ -34,7 +34,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastws._frames cimport (
@@ -80,6 +80,12 @@ cdef enum State:
     CLOSED = 3
 
 cdef enum:
+    READ_QUEUE = 1          # recv() queue full
+    READ_WRITE = 2          # the peer does not read what we write
+    READ_PENDING = 4        # a CLOSE/failure waits behind queued messages
+    READ_ACCEPT = 8         # an asynchronous accept hook is running
+
+cdef enum:
     LARGE_SEND = 65536      # payloads at least this big are written without copying (writev)
     WRITE_SLICE = 262144    # largest single send of a big payload
 
@@ -88,6 +94,14 @@ cdef inline double _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef bytes _truncate_utf8(str text, Py_ssize_t limit):
+    """UTF-8 of ``text`` cut to at most ``limit`` bytes without splitting a character."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return data
+    return data[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
 def monotonic():
@@ -374,7 +388,12 @@ cdef extern from "<sys/uio.h>":
     struct iovec:
         void* iov_base
         size_t iov_len
-    ssize_t c_writev "writev"(int fd, const iovec* iov, int cnt) nogil
+
+cdef extern from "<sys/socket.h>":
+    struct msghdr:
+        iovec* msg_iov
+        size_t msg_iovlen
+    ssize_t c_sendmsg "sendmsg"(int fd, const msghdr* msg, int flags) nogil
 
 cdef extern from *:
     """
@@ -491,12 +510,18 @@ cdef class SocketTransport:
     cdef Py_ssize_t buffered(self):
         return self._wsize
 
-    cdef int _send_now(self, iovec* iov, int cnt, Py_ssize_t* sent) except -1:
-        """One writev; ``sent`` is 0 when the socket would block. Returns -1 after a fatal error."""
+    cdef int _send_now(self, iovec* iov, int cnt, Py_ssize_t* sent) except -2:
+        """One send; ``sent`` is 0 when the socket would block. Returns -1 after a fatal error."""
         cdef Py_ssize_t r
+        cdef msghdr msg
         while True:
-            r = c_writev(self._fd, iov, cnt) if cnt > 1 else c_send(self._fd, iov[0].iov_base, iov[0].iov_len,
-                                                                     FASTWS_SEND_FLAGS)
+            if cnt > 1:
+                memset(&msg, 0, sizeof(msg))
+                msg.msg_iov = iov
+                msg.msg_iovlen = cnt
+                r = c_sendmsg(self._fd, &msg, FASTWS_SEND_FLAGS)  # MSG_NOSIGNAL: no SIGPIPE
+            else:
+                r = c_send(self._fd, iov[0].iov_base, iov[0].iov_len, FASTWS_SEND_FLAGS)
             if r >= 0:
                 sent[0] = r
                 return 0
@@ -678,6 +703,9 @@ cdef class SocketTransport:
             self._sock.close()
         except OSError:
             pass
+        # connection_lost runs soon (never inside the caller's write), but from now on
+        # send() must fail instead of dropping data
+        self._conn._transport_gone()
         self._loop.call_soon(self._conn.connection_lost, exc)
 
     # ------------------------------------------------------------ asyncio.Transport API
@@ -812,7 +840,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         object _drain_waiter
         object _pings                   #: dict payload -> (Future, sent_at), created on demand
         bint _paused_writing
-        bint _paused_reading
+        bint _paused_reading            # reading is paused at the transport
+        int _read_block                 # why: READ_QUEUE | READ_WRITE | READ_PENDING | READ_ACCEPT
         bint _close_sent
         bint _close_received
         bint _lost
@@ -1020,11 +1049,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._write = None
 
     def pause_writing(self):
+        # Stop reading until the peer reads what we wrote: a listener cannot await, and
+        # whatever the API, a peer must not make us answer (pongs...) faster than it reads.
         self._paused_writing = True
-        if self._listener is not None and self.transport is not None and not self._paused_reading:
-            # a listener cannot await: stop reading until the peer reads what we wrote
-            self._paused_reading = True
-            self.transport.pause_reading()
+        self._block_reading(READ_WRITE, True)
 
     def resume_writing(self):
         self._paused_writing = False
@@ -1032,9 +1060,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             if not self._drain_waiter.done():
                 self._drain_waiter.set_result(None)
             self._drain_waiter = None
-        if self._listener is not None and self._paused_reading and self._state != CLOSED:
-            self._paused_reading = False
-            self.transport.resume_reading()
+        self._block_reading(READ_WRITE, False)
         if self._listener is not None:
             cb = getattr(self._listener, "on_drain", None)
             if cb is not None:
@@ -1075,8 +1101,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if asyncio.isfuture(spec) or asyncio.iscoroutine(spec):
             # asynchronous acceptance: keep what came after the head, stop reading meanwhile
             rest = chunk[offset:]
-            self.transport.pause_reading()
-            self._paused_reading = True
+            self._block_reading(READ_ACCEPT, True)
             task = asyncio.ensure_future(spec)
             task.add_done_callback(lambda t, rest=rest: self._accept_done(t, rest))
             return
@@ -1097,8 +1122,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if isinstance(spec, _hs.Response):
             self._respond(spec)
             return
-        self._paused_reading = False
-        self.transport.resume_reading()
+        self._block_reading(READ_ACCEPT, False)
         self._finish_accept(spec, rest, 0)
 
     cdef void _finish_accept(self, object spec, object chunk, Py_ssize_t offset):
@@ -1169,14 +1193,27 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             self._write(_hs.error_response(exc))
         except Exception:
             pass
-        self._state = CLOSED
-        self.transport.close()
+        self._finish_http()
 
     cdef void _respond(self, object response):
         """Answer a plain HTTP request and close."""
         self._write(response.to_bytes())
-        self._state = CLOSED
-        self.transport.close()
+        self._finish_http()
+
+    cdef void _finish_http(self):
+        """After an HTTP response: half-close and read (discarding) until the client closes,
+        so a client still sending its request reads our response instead of a reset;
+        bounded by close_timeout."""
+        self._input_closed = True
+        self._state = CLOSING
+        self._deadline = _now() + self.endpoint.close_timeout
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+        except Exception:
+            self.transport.close()
 
     cdef void _client_handshake_data(self, bytes chunk):
         cdef Py_ssize_t n
@@ -1294,9 +1331,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if self._queue is None:
             self._queue = _deque()
         self._queue.append(item)
-        if len(self._queue) >= self.endpoint.max_queue and not self._paused_reading and self.transport is not None:
-            self._paused_reading = True
-            self.transport.pause_reading()
+        if len(self._queue) >= self.endpoint.max_queue:
+            self._block_reading(READ_QUEUE, True)
 
     cdef void _wake_waiter(self):
         """No more messages will come: fail the pending recv()/__anext__."""
@@ -1352,7 +1388,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             p.failure = False
             self._queue.append(p)
             self._deadline = _now() + self.endpoint.close_timeout
-            self._pause_reading()
+            self._block_reading(READ_PENDING, True)
             return 0
         self._answer_close()
         return 0
@@ -1364,15 +1400,22 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             reply = self.close_reason.encode("utf-8") if code != 1005 else b""
             self._send_close(code if code != 1005 else 1005, reply)
         self._state = CLOSING
+        self._deadline = _now() + self.endpoint.close_timeout
+        # keep reading (and discarding): that is how the peer's FIN is seen
+        self._block_reading(READ_PENDING | READ_QUEUE, False)
         if not self.endpoint.is_client:
             # the server closes the TCP connection first (RFC 6455 7.1.1)
             self._uncork()
             if self.transport is not None:
                 self.transport.close()
-        else:
-            self._deadline = _now() + self.endpoint.close_timeout
         self._wake_waiter()
         self._notify_close()
+
+    cdef void _transport_gone(self):
+        """The socket is closed; connection_lost is scheduled."""
+        self._input_closed = True
+        if self._state == OPEN:
+            self._state = CLOSING
 
     cdef void _on_eof(self):
         if self._state == HANDSHAKE and self.endpoint.is_client and self._hs is not None:
@@ -1382,6 +1425,13 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             except InvalidHandshake as exc:
                 if self._open_waiter is not None and not self._open_waiter.done():
                     self._open_waiter.set_exception(exc)
+            return
+        if self._state == OPEN and not self._input_closed:
+            # the peer is gone for reading: nothing more will arrive (1006 unless a CLOSE came)
+            self._input_closed = True
+            self._state = CLOSING
+            self._deadline = _now() + self.endpoint.close_timeout
+            self._wake_waiter()
 
     # ------------------------------------------------------------ failing and closing
 
@@ -1398,7 +1448,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             p.failure = True
             self._queue.append(p)
             self._deadline = _now() + self.endpoint.close_timeout
-            self._pause_reading()
+            self._block_reading(READ_PENDING, True)
             return
         self._fail_now(code, reason)
 
@@ -1410,10 +1460,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             self.close_code = code
             self.close_reason = reason
         if not self._close_sent and self.transport is not None:
-            self._send_close(code, reason.encode("utf-8")[:123])
-        self._sent_close_code = code
+            self._send_close(code, _truncate_utf8(reason, 123))
         self._state = CLOSING
         self._deadline = _now() + self.endpoint.close_timeout
+        self._block_reading(READ_PENDING | READ_QUEUE, False)
         self._uncork()
         if self.transport is not None:
             # half-close: the peer reads our CLOSE, answers, then closes; no RST eats our frame
@@ -1428,20 +1478,47 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._notify_close(code)
 
     cdef void _close_now(self, int code, str reason):
-        """Start the closing handshake from our side."""
+        """Start the closing handshake from our side (or finish it, when the peer's
+        CLOSE or a failure is already waiting in the queue)."""
         if self._state >= CLOSING or self._close_sent:
             return
-        self._send_close(code, reason.encode("utf-8")[:123])
+        if self._input_closed and self._settle_pending():
+            return
+        if self._close_received:
+            self._answer_close()
+            return
+        self._send_close(code, _truncate_utf8(reason, 123))
         self._state = CLOSING
         self._deadline = _now() + self.endpoint.close_timeout
+        self._block_reading(READ_QUEUE, False)  # the peer's CLOSE must be read
 
-    cdef void _pause_reading(self):
-        if not self._paused_reading and self.transport is not None:
-            self._paused_reading = True
-            try:
+    cdef bint _settle_pending(self):
+        """The app stops reading: drop queued messages and handle a waiting CLOSE/failure now."""
+        while self._queue:
+            item = self._queue.popleft()
+            if type(item) is _Pending:
+                self._queue.clear()
+                self._handle_pending(<_Pending>item)
+                return True
+        return False
+
+    cdef void _block_reading(self, int reason, bint on):
+        """Pause reading while any reason holds; resume when none is left."""
+        if on:
+            self._read_block |= reason
+        else:
+            self._read_block &= ~reason
+        if self.transport is None or self._state == CLOSED:
+            return
+        try:
+            if self._read_block and not self._paused_reading:
+                self._paused_reading = True
                 self.transport.pause_reading()
-            except Exception:
-                pass
+            elif not self._read_block and self._paused_reading:
+                self._paused_reading = False
+                self.transport.resume_reading()
+        except Exception:  # the transport is closing
+            pass
 
     cdef void _notify_close(self, int code=0):
         if self._notified_close:
@@ -1482,6 +1559,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 # the application did not read its queue in time
                 self._drain_pending_now()
             return 0
+        if self._read_block & (READ_QUEUE | READ_WRITE):
+            # we stopped reading ourselves (backpressure): silence proves nothing
+            self._last_recv = now
+            return 0
         if ep.idle_timeout > 0 and now - self._last_recv >= ep.idle_timeout:
             self._close_now(1001, "idle timeout")
             return 0
@@ -1497,11 +1578,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         return 0
 
     cdef void _drain_pending_now(self):
-        while self._queue:
-            item = self._queue.popleft()
-            if isinstance(item, _Pending):
-                self._handle_pending(<_Pending>item)
-                return
+        if not self._settle_pending() and self.transport is not None:
+            self.transport.abort()
 
     cdef void _handle_pending(self, _Pending p):
         if p.failure:
@@ -1521,9 +1599,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             # not dispatching (e.g. a task or another connection's handler): frame into
             # the endpoint's second writer, which is never left holding data
             cork = self.endpoint._direct_writer
-            cork.write_frame(opcode, p, n, True, rsv1)
-            self._sock.write_c(cork._data, cork._len)
-            cork.clear()
+            try:
+                cork.write_frame(opcode, p, n, True, rsv1)
+                self._sock.write_c(cork._data, cork._len)
+            finally:
+                cork.clear()
         else:
             self._write(build_frame_c(opcode, p, n, True, rsv1, self.endpoint.is_client))
         return 0
@@ -1550,12 +1630,16 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cork = self.endpoint._cork
         if cork.size():
             if self._sock is not None:
-                self._sock.write_c(cork._data, cork._len)
-                cork.clear()
+                try:
+                    self._sock.write_c(cork._data, cork._len)
+                finally:
+                    cork.clear()
             elif self._write_copies:
-                if self._write is not None:
-                    self._write(cork.view())
-                cork.clear()
+                try:
+                    if self._write is not None:
+                        self._write(cork.view())
+                finally:
+                    cork.clear()
             else:
                 data = cork.take()
                 if self._write is not None:
@@ -1589,16 +1673,23 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             return 0
         return self._send_raw(opcode, p, n, rsv1)
 
-    cdef object _after_send(self):
+    cdef int _check_room(self) except -1:
+        """Refuse to queue more for a peer that does not read (checked before framing, so a
+        refused message is not sent at all)."""
         cdef Endpoint ep = self.endpoint
+        if self._paused_writing and ep.max_write_buffer and (
+                self._sock.buffered() if self._sock is not None
+                else self.transport.get_write_buffer_size()) > ep.max_write_buffer:
+            raise BufferFull(f"more than {ep.max_write_buffer} bytes buffered for a peer that does not read")
+        return 0
+
+    cdef object _after_send(self):
         if not self._paused_writing:
             return READY
-        if ep.max_write_buffer and (self._sock.buffered() if self._sock is not None
-                                    else self.transport.get_write_buffer_size()) > ep.max_write_buffer:
-            raise BufferFull(f"more than {ep.max_write_buffer} bytes buffered for a peer that does not read")
-        if self._drain_waiter is None:
+        if self._drain_waiter is None or self._drain_waiter.done():
             self._drain_waiter = self._loop.create_future()
-        return self._drain_waiter
+        # each sender gets its own view of the drain: cancelling one must not cancel the others
+        return asyncio.shield(self._drain_waiter)
 
     def send(self, object data, *, binary=None):
         """Send one message: ``str`` as TEXT, bytes-like as BINARY, a :class:`Message` with its own opcode.
@@ -1621,6 +1712,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef Message msg
         if self._state != OPEN or self._close_sent:
             raise self._closed_exc() if self._state != HANDSHAKE else RuntimeError("connection not open yet")
+        if self._paused_writing:
+            self._check_room()
         if type(data) is str:
             p = PyUnicode_AsUTF8AndSize(data, &n)
             self._send_payload(2 if binary else 1, <const uint8_t*>p, n, None)
@@ -1644,6 +1737,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef Py_buffer view
         if self._state != OPEN or self._close_sent:
             raise self._closed_exc()
+        self._check_room()
         if isinstance(data, str):
             data = (<str>data).encode("utf-8")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -1703,8 +1797,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.close()
         elif self._state == OPEN and not self._close_sent:
-            if not self._input_closed:
-                self._close_now(code, reason)
+            self._close_now(code, reason)
         return self.wait_closed()
 
     def abort(self):
@@ -1746,10 +1839,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 self._handle_pending(<_Pending>item)
                 fut.set_exception(self._end_exc(anext))
                 return fut
-            if self._paused_reading and len(self._queue) <= (self.endpoint.max_queue >> 1) \
-                    and self._state == OPEN and self.transport is not None:
-                self._paused_reading = False
-                self.transport.resume_reading()
+            if self._read_block & READ_QUEUE and len(self._queue) <= (self.endpoint.max_queue >> 1):
+                self._block_reading(READ_QUEUE, False)
             fut.set_result(item)
             return fut
         if self._state == CLOSED or self._input_closed:

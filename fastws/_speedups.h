@@ -230,7 +230,7 @@ static inline uint8_t *fastws_scratch(void)
  * next message buffer. Its cached hash must then be forgotten. Where the
  * layout of PyBytesObject is not known, reuse is off. */
 #include <Python.h>
-#if PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030E0000
+#if PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
 #define FASTWS_CAN_RECYCLE 1
 static inline void fastws_bytes_forget_hash(PyObject *o)
 {

@@ -105,6 +105,8 @@ class connect:
         self.ping_interval = ping_interval or 0.0
         self.ping_timeout = ping_timeout or 0.0
         self.close_timeout = close_timeout
+        if self.secure and ssl is False:
+            raise ValueError("ssl=False given for a wss:// URL")
         if self.secure and (ssl is None or ssl is True):
             ssl = _ssl.create_default_context()
         elif not self.secure and ssl:
