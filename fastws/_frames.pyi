@@ -32,6 +32,12 @@ class CloseCode(enum.IntEnum):
 def mask_impl() -> str:
     """Name of the masking kernel this CPU uses (avx2, sse2 or words64)."""
 
+def pool_size() -> int:
+    """How many large message buffers wait for reuse."""
+
+def pool_trim(if_idle: bool = True) -> int:
+    """Free the pooled message buffers (with ``if_idle``, only if none was used since the last call)."""
+
 def is_valid_close_code(code: int) -> bool:
     """True for codes a peer may put on the wire (1000-1003, 1007-1014, 3000-4999)."""
 

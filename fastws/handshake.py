@@ -694,7 +694,7 @@ class ClientHandshake:
             raise InvalidHandshake("101 response without Upgrade: websocket", status)
         if "upgrade" not in _tokens(headers.get_all("connection")):
             raise InvalidHandshake("101 response without Connection: Upgrade", status)
-        if headers.get("sec-websocket-accept", "").strip() != accept_key(self.key):
+        if (headers.get("sec-websocket-accept") or "").strip() != accept_key(self.key):
             raise InvalidHandshake("wrong Sec-WebSocket-Accept", status)
         proto = headers.get_all("sec-websocket-protocol")
         if proto:

@@ -171,7 +171,7 @@ class Server:
             compression=compression_options(compression),
             accept=self._accept_hook,
         )
-        self._server: asyncio.AbstractServer | None = None
+        self._server: Any = None  # asyncio.Server or _SocketServer
         self._closing = False
 
     # -------------------------------------------------------------- lifecycle
@@ -390,7 +390,7 @@ class _SocketServer:
 def _aiofastnet() -> Any:
     """The aiofastnet module when installed (faster transports than the loop's own), else None."""
     try:
-        import aiofastnet
+        import aiofastnet  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     return aiofastnet
