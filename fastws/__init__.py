@@ -20,11 +20,14 @@ from fastws.exceptions import (
 )
 from fastws.handshake import CompressionOptions, Headers, Request, Response
 from fastws.server import Accept, Server, run, serve
+from fastws.app import App  # noqa: E402  (after server: it builds on Accept)
+from fastws.guards import Firewall, Guards, RateLimit, Rule  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Accept",
+    "App",
     "BufferFull",
     "CloseCode",
     "CompressionOptions",
@@ -33,6 +36,8 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "FastWSError",
+    "Firewall",
+    "Guards",
     "HandshakeError",
     "Headers",
     "InvalidHandshake",
@@ -41,8 +46,10 @@ __all__ = [
     "Opcode",
     "PayloadTooBig",
     "ProtocolError",
+    "RateLimit",
     "Request",
     "Response",
+    "Rule",
     "Server",
     "__version__",
     "connect",
