@@ -84,13 +84,16 @@ class Firewall:
         default: ``"allow"`` (the default) or ``"deny"``.
     """
 
-    __slots__ = ("rules", "default")
+    __slots__ = ("rules", "default", "_flat", "_needs_ip")
 
     def __init__(self, rules: Iterable[Rule | Mapping[str, Any]] = (), default: str = "allow") -> None:
         if default not in ("allow", "deny"):
             raise ValueError(f"firewall default must be 'allow' or 'deny', not {default!r}")
         self.rules = [Rule.of(r) for r in rules]
         self.default = default
+        # the rules as plain tuples, evaluated in one loop (no method call per rule)
+        self._flat = [(r.action, r._nets, r._path, r._headers) for r in self.rules]
+        self._needs_ip = any(r._nets is not None for r in self.rules)
 
     @classmethod
     def of(cls, value: Any) -> Firewall | None:
@@ -106,10 +109,24 @@ class Firewall:
 
     def decide(self, ip: str, request: Request) -> str:
         """``"allow"`` or ``"deny"`` for this request."""
-        bits = ip_bits(ip)
-        for rule in self.rules:
-            if rule.matches(ip, request, bits):
-                return rule.action
+        bits = ip_bits(ip) if self._needs_ip else None
+        path = request.path
+        headers = request.headers
+        for action, nets, path_re, header_res in self._flat:
+            if nets is not None and not nets.contains(bits):
+                continue
+            if path_re is not None and path_re.match(path) is None:
+                continue
+            if header_res:
+                ok = True
+                for name, pattern in header_res:
+                    values = headers.get_all(name)
+                    if not values or not any(pattern.match(v) for v in values):
+                        ok = False
+                        break
+                if not ok:
+                    continue
+            return action
         return self.default
 
     def check(self, ip: str, request: Request) -> None:

@@ -195,12 +195,14 @@ class LimitedConnection:
     (at most once a second) and delivers the message.
     """
 
-    __slots__ = ("_ws", "_gate", "_limits")
+    __slots__ = ("_ws", "_gate", "_limits", "send")
 
     def __init__(self, ws: Any, gate: MessageGate, limits: MessageLimits) -> None:
         object.__setattr__(self, "_ws", ws)
         object.__setattr__(self, "_gate", gate)
         object.__setattr__(self, "_limits", limits)
+        # the hot method as a slot: no __getattr__ call per send
+        object.__setattr__(self, "send", ws.send)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ws, name)

@@ -206,3 +206,90 @@ async def test_listener_route(serve):
     async with fastws.connect(server.url + "/l") as ws:
         await ws.send("z")
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "z"
+
+
+class _WsOnly:
+    """A mount target that answers plain HTTP itself (as the proxy does)."""
+
+    def fastws_accept(self, ws, request):
+        if not request.is_websocket:
+            return fastws.Response(400, "WebSocket endpoint only")
+        return fastws.Accept(listener=EchoListener())
+
+
+async def test_mount_answers_its_own_plain_http(serve):
+    app = fastws.App()
+    app.mount("/ws", _WsOnly())
+    server = await serve(app)
+    status, _, body = await http(server, "GET", "/ws/x")
+    assert (status, body) == (400, b"WebSocket endpoint only")
+    async with fastws.connect(server.url + "/ws/x") as ws:
+        await ws.send("m")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "m"
+
+
+async def test_per_route_connection_cap_is_its_own_pool(serve):
+    app = fastws.App(max_connections=100)
+
+    @app.websocket("/small", max_connections=1, queue_size=0)
+    async def small(ws):
+        async for m in ws:
+            await ws.send(m)
+
+    @app.websocket("/big")
+    async def big(ws):
+        async for m in ws:
+            await ws.send(m)
+
+    server = await serve(app)
+    held = await fastws.connect(server.url + "/small")
+    with pytest.raises(fastws.InvalidHandshake) as info:
+        await fastws.connect(server.url + "/small")
+    assert (info.value.status, info.value.body) == (503, b"Connection pool full")
+    async with fastws.connect(server.url + "/big") as ws:  # the app-wide pool still has room
+        await ws.send("b")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "b"
+    await held.close()
+
+
+async def test_configure_changes_app_wide_guards_but_route_overrides_win(serve):
+    app = fastws.App()
+
+    @app.websocket("/a")
+    async def a(ws):
+        await ws.send("a")
+
+    @app.websocket("/b", origins=["https://b.example"])
+    async def b(ws):
+        await ws.send("b")
+
+    app.configure(origins=["https://a.example"])
+    server = await serve(app)
+    with pytest.raises(fastws.InvalidHandshake) as info:
+        await fastws.connect(server.url + "/a", headers=[("Origin", "https://b.example")])
+    assert info.value.status == 403
+    async with fastws.connect(server.url + "/a", headers=[("Origin", "https://a.example")]) as ws:
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "a"
+    async with fastws.connect(server.url + "/b", headers=[("Origin", "https://b.example")]) as ws:
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "b"
+
+
+@pytest.mark.allow_errors
+async def test_handler_returning_garbage_is_500_not_a_hang(serve):
+    app = fastws.App()
+
+    @app.route("/bad")
+    async def bad(request):
+        return 3.5
+
+    @app.upgrade("/badws")
+    async def badws(request):
+        return "not an Accept"
+
+    server = await serve(app)
+    status, _, body = await http(server, "GET", "/bad")
+    assert (status, body) == (500, b"Internal Server Error")
+    reader, writer = await raw_connect(server, upgrade_request("/badws"))
+    status, _, body = await read_http_response(reader, TIMEOUT)
+    writer.close()
+    assert status == 500
