@@ -121,6 +121,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--only", choices=["handshake", "message"], default=None)
+    p.add_argument("--apps", default=None, help="comma-separated guard_apps names (handshakes only)")
     args = p.parse_args()
     if os.cpu_count() and os.cpu_count() > 1:
         os.sched_setaffinity(0, {1})
@@ -135,6 +136,8 @@ def main() -> None:
              ("message", "off_listener"), ("message", "on_listener")]
     if args.only:
         cases = [c for c in cases if c[0] == args.only]
+    if args.apps:
+        cases = [("handshake", a) for a in args.apps.split(",")]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {c: [] for c in cases}
     for r in range(args.rounds):
         order = cases[r % len(cases):] + cases[:r % len(cases)]
@@ -145,12 +148,13 @@ def main() -> None:
     med = {c: (statistics.median(x for x, _ in v), statistics.median(y for _, y in v)) for c, v in results.items()}
     for kind, app in cases:
         rate, cpu = med[(kind, app)]
-        base = app.replace("on", "off") if app.startswith("on") else app
-        ratio = rate / med[(kind, base)][0]
+        base = (kind, "off_listener" if "listener" in app else "off")
+        ratio = rate / med[base][0] if base in med else float("nan")
         label = {"handshake": "handshakes", "message": "messages (handler API)"}[kind]
         if "listener" in app:
             label = "messages (listener API)"
-        print(f"| {label} | {'all on' if app.startswith('on') else 'off'} | {rate:,.0f} | {cpu:.1f} | {ratio:.2f}x |")
+        guards = "off" if app.startswith("off") else "all on" if app in ("on", "on_listener") else app
+        print(f"| {label} | {guards} | {rate:,.0f} | {cpu:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

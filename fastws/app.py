@@ -88,13 +88,14 @@ async def _chain(value: Awaitable[Any], fn: Callable[[Any], Any]) -> Any:
 class _Endpoint:
     """What one route pattern serves: at most one WebSocket endpoint, HTTP handlers by method."""
 
-    __slots__ = ("path", "kind", "target", "options", "http", "http_options", "guards", "_gen")
+    __slots__ = ("path", "kind", "target", "options", "accept_kw", "http", "http_options", "guards", "_gen")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.kind = ""                       # "websocket" | "upgrade" | "mount" | "" (HTTP only)
         self.target: Any = None
         self.options: dict[str, Any] = {}
+        self.accept_kw: dict[str, Any] = {}  # the Accept keywords among the options
         self.http: dict[str, Callable[..., Any]] = {}
         self.http_options: dict[str, dict[str, Any]] = {}
         self.guards: dict[str, Any] = {}     # per-route guard overrides
@@ -164,6 +165,7 @@ class App:
         entry.kind = kind
         entry.target = target
         entry.options = opts
+        entry.accept_kw = {k: opts[k] for k in _WS_OPTIONS if k in opts}
         entry.guards = guard_opts
         self._gen += 1
 
@@ -363,11 +365,10 @@ class App:
                    auth: Any) -> Any:
         if claims is not None:
             request.scope["user"] = claims
-        opts = entry.options
         if entry.kind == "websocket":
             target = entry.target
             params = dict(request.scope["params"])  # type: ignore[call-overload]
-            kw = {k: opts[k] for k in _WS_OPTIONS if k in opts}
+            kw = entry.accept_kw
             if isinstance(target, type):
                 spec = Accept(listener=target(), user=claims, data=params, **kw)
             else:
@@ -415,7 +416,7 @@ async def _settle(ws: Any, pending: Awaitable[Any]) -> Any:
     """
     try:
         result = await pending
-    except HandshakeError:
+    except Exception:  # HandshakeError, or a bug answered with 500
         _resume_soon(ws)
         raise
     if isinstance(result, Response):

@@ -313,3 +313,39 @@ async def test_burst_of_1000_upgrades_against_rate_limit_and_cap(serve):
     finally:
         tracemalloc.stop()
     assert grown < 512 * 1024, f"memory grew by {grown} bytes over a 1,000-upgrade burst"
+
+
+async def test_ipv6_client_firewall_and_rate_key():
+    import socket
+
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    app = fastws.App(firewall=[{"action": "deny", "ip": "::1/128", "path": "/private"}],
+                     connection_rate="3/60s")
+
+    @app.websocket("/{name}")
+    async def h(ws):
+        await ws.send(ws.request.scope["client_ip"])
+
+    server = fastws.serve(app, "::1", 0)
+    async with server:
+        url = server.url
+        assert url.startswith("ws://[::1]:")
+        async with fastws.connect(url + "/public") as ws:
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "::1"
+        err = await refused(url + "/private")  # the firewall runs first: not counted by the rate limit
+        assert err.status == 403
+        await echo_once_v6(url)
+        await echo_once_v6(url)
+        err = await refused(url + "/public")  # the fourth counted request: over 3/60s
+        assert err.status == 429
+        assert "::/64" in app.guards.conn_rate.table  # IPv6 keyed by its /64
+
+
+async def echo_once_v6(url: str) -> None:
+    async with fastws.connect(url + "/x") as ws:
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "::1"
