@@ -37,3 +37,11 @@ cdef class MessageGate:
 
     cpdef double check(self) except -1.0
     cpdef bint notice_due(self, double interval)
+
+cdef class CidrSet:
+    cdef bytearray _v4
+    cdef bytearray _v6
+    cdef Py_ssize_t _n4
+    cdef Py_ssize_t _n6
+
+    cpdef bint contains(self, str ip)

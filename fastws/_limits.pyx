@@ -27,9 +27,10 @@ from collections import OrderedDict
 
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
+from libc.stdint cimport uint32_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-__all__ = ["TokenBucket", "BucketTable", "MessageGate", "monotonic"]
+__all__ = ["TokenBucket", "BucketTable", "MessageGate", "CidrSet", "monotonic"]
 
 # how many front entries each new key examines (amortised eviction)
 cdef enum:
@@ -236,3 +237,93 @@ cdef class MessageGate:
             self.last_notice = now
             return True
         return False
+
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int c_inet_pton "inet_pton"(int af, const char* src, void* dst)
+
+cdef extern from "<sys/socket.h>" nogil:
+    int AF_INET
+    int AF_INET6
+
+
+cdef inline uint64_t _be64(const unsigned char* p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef class CidrSet:
+    """IPv4 and IPv6 networks, matched in C: ``ip in cidrs`` parses the address
+    with ``inet_pton`` and compares masked integers, with no Python object per check.
+
+    Args:
+        networks: ``(version, network_int, prefix_len)`` triples (see fastws.guards.ip).
+    """
+
+    def __init__(self, networks=()):
+        cdef int version, prefix
+        self._n4 = 0
+        self._n6 = 0
+        v4 = []
+        v6 = []
+        for version, net, prefix in networks:
+            if version == 4:
+                v4.append((net, prefix))
+            else:
+                v6.append((net, prefix))
+        self._v4 = bytearray(8 * len(v4))      # (net, mask) uint32 pairs
+        self._v6 = bytearray(32 * len(v6))     # (hi, lo, mask_hi, mask_lo) uint64 quads
+        cdef uint32_t* p4 = <uint32_t*><char*>self._v4
+        cdef uint64_t* p6 = <uint64_t*><char*>self._v6
+        cdef uint32_t m4
+        cdef uint64_t mh, ml
+        cdef uint64_t ALL64 = <uint64_t>0xFFFFFFFFFFFFFFFFULL
+        for net, prefix in v4:
+            m4 = 0 if prefix == 0 else <uint32_t>((<uint64_t>0xFFFFFFFF) << (32 - prefix))
+            p4[2 * self._n4] = <uint32_t>net & m4
+            p4[2 * self._n4 + 1] = m4
+            self._n4 += 1
+        for net, prefix in v6:
+            mh = ALL64 if prefix >= 64 else (0 if prefix == 0 else ALL64 << (64 - prefix))
+            ml = 0 if prefix <= 64 else (ALL64 if prefix == 128 else ALL64 << (128 - prefix))
+            p6[4 * self._n6] = <uint64_t>(net >> 64) & mh
+            p6[4 * self._n6 + 1] = <uint64_t>(net & 0xFFFFFFFFFFFFFFFF) & ml
+            p6[4 * self._n6 + 2] = mh
+            p6[4 * self._n6 + 3] = ml
+            self._n6 += 1
+
+    cpdef bint contains(self, str ip):
+        """True when ``ip`` (a plain address as a socket reports it) is in a network;
+        False for anything that does not parse. IPv4-mapped IPv6 counts as IPv4."""
+        cdef bytes b = ip.encode("ascii", "replace")
+        cdef const char* s = b
+        cdef unsigned char buf[16]
+        cdef uint32_t a4
+        cdef uint64_t hi, lo
+        cdef Py_ssize_t i
+        cdef uint32_t* p4 = <uint32_t*><char*>self._v4
+        cdef uint64_t* p6 = <uint64_t*><char*>self._v6
+        if c_inet_pton(AF_INET, s, buf) == 1:
+            a4 = (<uint32_t>buf[0] << 24) | (<uint32_t>buf[1] << 16) | (<uint32_t>buf[2] << 8) | buf[3]
+        elif c_inet_pton(AF_INET6, s, buf) == 1:
+            hi = _be64(buf)
+            lo = _be64(buf + 8)
+            if hi == 0 and (lo >> 32) == 0xFFFF:
+                a4 = <uint32_t>(lo & 0xFFFFFFFF)
+            else:
+                for i in range(self._n6):
+                    if (hi & p6[4 * i + 2]) == p6[4 * i] and (lo & p6[4 * i + 3]) == p6[4 * i + 1]:
+                        return True
+                return False
+        else:
+            return False
+        for i in range(self._n4):
+            if (a4 & p4[2 * i + 1]) == p4[2 * i]:
+                return True
+        return False
+
+    def __len__(self):
+        return self._n4 + self._n6

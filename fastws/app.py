@@ -322,8 +322,10 @@ class App:
                 return self._delegate(ws, request, entry, None, guards, http=True)
             guards.check_upgrade(request)        # Origin allow-list
             auth = self._auth(entry.options)
-            claims = auth.authenticate(request) if auth is not None else None
-            return _then(claims, lambda c: self._websocket(ws, request, entry, c, guards, auth))
+            claims: Any = auth.authenticate(request) if auth is not None else None
+            if _awaitable(claims):
+                return _chain(claims, lambda c: self._websocket(ws, request, entry, c, guards, auth))
+            return self._websocket(ws, request, entry, claims, guards, auth)
         method = request.method
         handler = entry.http.get(method)
         if handler is None and method == "HEAD":
@@ -402,7 +404,10 @@ class App:
             spec.data = dict(request.scope["params"])  # type: ignore[call-overload]
         on_open = getattr(auth, "on_open", None) if auth is not None else None
         guards.wrap(spec, on_open)
-        return _then(guards.acquire(ws, request), lambda _: spec)
+        waiting = guards.acquire(ws, request)
+        if waiting is None:
+            return spec
+        return _chain(waiting, lambda _: spec)
 
 
 async def _settle(ws: Any, pending: Awaitable[Any]) -> Any:

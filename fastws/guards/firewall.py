@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastws.exceptions import HandshakeError
-from fastws.guards.ip import Networks, ip_bits
+from fastws.guards.ip import Networks
 from fastws.handshake import Request
 
 __all__ = ["Rule", "Firewall"]
@@ -56,11 +56,10 @@ class Rule:
         action = kw.pop("action")
         return cls(action, **kw)
 
-    def matches(self, ip: str, request: Request, bits: tuple[int, int] | None = None) -> bool:
-        """True when every condition holds (``bits``: ``ip`` parsed by :func:`ip_bits`, if known)."""
-        if self._nets is not None:
-            if not self._nets.contains(bits if bits is not None else ip_bits(ip)):
-                return False
+    def matches(self, ip: str, request: Request) -> bool:
+        """True when every condition holds."""
+        if self._nets is not None and not self._nets.contains(ip):
+            return False
         if self._path is not None and not self._path.match(request.path):
             return False
         for name, pattern in self._headers:
@@ -84,7 +83,7 @@ class Firewall:
         default: ``"allow"`` (the default) or ``"deny"``.
     """
 
-    __slots__ = ("rules", "default", "_flat", "_needs_ip")
+    __slots__ = ("rules", "default", "_flat")
 
     def __init__(self, rules: Iterable[Rule | Mapping[str, Any]] = (), default: str = "allow") -> None:
         if default not in ("allow", "deny"):
@@ -92,8 +91,8 @@ class Firewall:
         self.rules = [Rule.of(r) for r in rules]
         self.default = default
         # the rules as plain tuples, evaluated in one loop (no method call per rule)
-        self._flat = [(r.action, r._nets, r._path, r._headers) for r in self.rules]
-        self._needs_ip = any(r._nets is not None for r in self.rules)
+        self._flat = [(r.action, r._nets.cidrs if r._nets is not None else None, r._path, r._headers)
+                      for r in self.rules]
 
     @classmethod
     def of(cls, value: Any) -> Firewall | None:
@@ -109,11 +108,10 @@ class Firewall:
 
     def decide(self, ip: str, request: Request) -> str:
         """``"allow"`` or ``"deny"`` for this request."""
-        bits = ip_bits(ip) if self._needs_ip else None
         path = request.path
         headers = request.headers
         for action, nets, path_re, header_res in self._flat:
-            if nets is not None and not nets.contains(bits):
+            if nets is not None and not nets.contains(ip):
                 continue
             if path_re is not None and path_re.match(path) is None:
                 continue

@@ -159,22 +159,24 @@ class MessageLimits:
         max_entries: cap on the per-user buckets kept.
     """
 
-    __slots__ = ("per_connection", "per_user", "users")
+    __slots__ = ("per_connection", "per_user", "users", "_bucket_args")
 
     def __init__(self, per_connection: RateLimit | None, per_user: RateLimit | None,
                  max_entries: int = 100_000) -> None:
         self.per_connection = per_connection
         self.per_user = per_user
         self.users = BucketTable(per_user.rate, per_user.burst, max_entries, per_user.ban) if per_user else None
+        self._bucket_args = (per_connection.rate, per_connection.burst) if per_connection else None
 
     def gate(self, user: Any) -> MessageGate | None:
         """A new gate for one connection of ``user`` (None when no limit applies)."""
-        c = self.per_connection
         key = user_key(user) if self.users is not None else None
-        if c is None and key is None:
-            return None
-        bucket = TokenBucket(c.rate, c.burst) if c is not None else None
-        return MessageGate(bucket, c.ban if c is not None else 0.0, self.users, key)
+        args = self._bucket_args
+        if args is None:
+            if key is None:
+                return None
+            return MessageGate(None, 0.0, self.users, key)
+        return MessageGate(TokenBucket(*args), self.per_connection.ban, self.users, key)  # type: ignore[union-attr]
 
     def action_for(self, gate: MessageGate) -> RateLimit:
         """The RateLimit whose action applies when ``gate`` refuses (the connection's first)."""

@@ -109,3 +109,35 @@ def test_notice_throttle():
 def test_monotonic():
     a = monotonic()
     assert monotonic() >= a > 0
+
+
+def _cidrs(*texts):
+    import ipaddress
+
+    from fastws._limits import CidrSet
+
+    nets = [ipaddress.ip_network(t, strict=False) for t in texts]
+    return CidrSet([(n.version, int(n.network_address), n.prefixlen) for n in nets])
+
+
+@pytest.mark.parametrize("ip,inside", [
+    ("10.1.2.3", True), ("11.0.0.1", False), ("127.0.0.1", True), ("127.0.0.2", False),
+    ("2001:db8::5", True), ("2001:db9::5", False), ("::1", True), ("::2", False),
+    ("::ffff:10.9.9.9", True), ("2001:db8:1:2::ff", True), ("fe80::1", False),
+    ("junk", False), ("", False), ("1.2.3.4:80", False), ("10.0.0.256", False), ("ĳ", False),
+])
+def test_cidr_set(ip, inside):
+    c = _cidrs("10.0.0.0/8", "127.0.0.1", "2001:db8::/32", "::1")
+    assert c.contains(ip) is inside
+    assert len(c) == 4
+
+
+def test_cidr_set_prefix_edges():
+    assert _cidrs("0.0.0.0/0").contains("255.1.2.3") and not _cidrs("0.0.0.0/0").contains("::1")
+    assert _cidrs("::/0").contains("fe80::1")
+    sixty_four = _cidrs("2001:db8:1:2::/64")
+    assert sixty_four.contains("2001:db8:1:2:ffff::1") and not sixty_four.contains("2001:db8:1:3::1")
+    tail = _cidrs("2001:db8:1:2::80/121")
+    assert tail.contains("2001:db8:1:2::ff") and not tail.contains("2001:db8:1:2::7f")
+    assert _cidrs("192.168.1.0/23").contains("192.168.0.7")  # not strict: the /23 around it
+    assert not _cidrs().contains("1.1.1.1")
