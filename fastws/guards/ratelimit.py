@@ -6,6 +6,7 @@ The token buckets and the bounded per-key table are in the Cython module
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -262,13 +263,14 @@ class LimitedListener(Listener):
     """Wraps a listener: calls ``on_open(ws)`` before its ``on_connect``, and
     passes each message through the connection's gate (see :class:`LimitedConnection`)."""
 
-    __slots__ = ("inner", "limits", "on_open", "gate")
+    __slots__ = ("inner", "limits", "on_open", "gate", "open_task")
 
     def __init__(self, inner: Any, limits: MessageLimits | None, on_open: Any = None) -> None:
         self.inner = inner
         self.limits = limits
         self.on_open = on_open
         self.gate: MessageGate | None = None
+        self.open_task: asyncio.Future[Any] | None = None
 
     def on_connect(self, ws: Any) -> None:
         if self.limits is not None:
@@ -276,9 +278,9 @@ class LimitedListener(Listener):
         if self.on_open is not None:
             result = self.on_open(ws)
             if inspect.isawaitable(result):
-                import asyncio
-
-                asyncio.ensure_future(result)
+                # a listener cannot await: on_open runs as a task (kept referenced here);
+                # messages that came with the handshake may be handled before it finishes
+                self.open_task = asyncio.ensure_future(result)
         cb = getattr(self.inner, "on_connect", None)
         if cb is not None:
             cb(ws)
