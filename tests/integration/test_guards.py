@@ -349,3 +349,20 @@ async def test_ipv6_client_firewall_and_rate_key():
 async def echo_once_v6(url: str) -> None:
     async with fastws.connect(url + "/x") as ws:
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "::1"
+
+
+async def test_message_ban_outlasts_the_refill(serve):
+    # 20/s with a burst of 1: a burst of 5 in one write trips it; 0.2 s later the bucket has
+    # refilled, but the 600 s ban still drops (a drop without a ban would pass it)
+    server = await serve(echo_app(message_rate={"count": 20, "per": 1, "burst": 1, "ban": 600}))
+    async with fastws.connect(server.url) as ws:
+        for i in range(5):
+            ws.send(f"m{i}")
+        await ws.send("flush")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "m0"
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "Rate limit exceeded"
+        await asyncio.sleep(0.2)
+        await ws.send("after the refill")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.3)
+        assert ws.open
