@@ -5,6 +5,7 @@ high-level ``async for`` API and a zero-copy listener API.
 """
 
 from fastws._frames import CloseCode, Opcode
+from fastws._protocol import broadcast
 from fastws.client import connect
 from fastws.connection import Connection, Listener, Message
 from fastws.exceptions import (
@@ -45,6 +46,7 @@ __all__ = [
     "Response",
     "Server",
     "__version__",
+    "broadcast",
     "connect",
     "run",
     "serve",

@@ -3,7 +3,7 @@
 import asyncio
 import builtins
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastws._frames import Deflate
@@ -92,6 +92,11 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def buffered_amount(self) -> int: ...
     def send(self, data: str | bytes | bytearray | memoryview | Message, *, binary: bool | None = None) -> Awaitable[None]: ...
+    def set_auto_response(self, request: str | bytes | None, response: str | bytes | None = None) -> None:
+        """Answer a TEXT message equal to ``request`` with ``response`` inside the engine (None: off)."""
+    @property
+    def auto_response_timestamp(self) -> float | None:
+        """``time.time()`` of the last auto response, or None."""
     def send_frame(self, opcode: int, data: bytes | str = b"", *, fin: bool = True, rsv1: bool = False) -> Awaitable[None]: ...
     def ping(self, data: bytes | str | None = None) -> asyncio.Future[float]: ...
     def pong(self, data: bytes | str = b"") -> Awaitable[None]: ...
@@ -126,3 +131,8 @@ class SocketTransport:
 
 def attach_socket(endpoint: Endpoint, sock: socket.socket, peername: Any) -> Connection:
     """Run a WebSocket server connection on an accepted, non-blocking socket."""
+
+def broadcast(connections: Iterable[Connection], data: str | bytes | bytearray | memoryview, *,
+              exclude: Connection | None = None, max_buffer: int = 0) -> list[Connection]:
+    """Frame ``data`` once and send it to every open connection (corked to the end of the loop turn);
+    returns the connections skipped because their buffered bytes would exceed ``max_buffer``."""

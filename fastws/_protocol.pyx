@@ -34,7 +34,9 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport memcpy, memset
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memset, memcmp
+from posix.time cimport CLOCK_REALTIME
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastws._frames cimport (
@@ -301,6 +303,8 @@ cdef class Endpoint:
     cdef object _sweep_handle
     cdef double _sweep_every
     cdef long _last_trim
+    cdef list _dirty                # connections with broadcast frames waiting for the end of the turn
+    cdef bint _flush_scheduled
 
     def __init__(self, bint is_client=False, *, Py_ssize_t max_size=1 << 20, Py_ssize_t max_queue=32,
                  Py_ssize_t write_limit=65536, Py_ssize_t max_write_buffer=16 << 20,
@@ -328,6 +332,7 @@ cdef class Endpoint:
         self._direct_writer = FrameWriter(is_client)
         self._target = _ReadTarget()
         self._sweep_handle = None
+        self._dirty = []
         timeouts = [t for t in (ping_interval, ping_timeout, idle_timeout, close_timeout, handshake_timeout) if t > 0]
         self._sweep_every = min([1.0] + [t / 4 for t in timeouts])
 
@@ -356,6 +361,20 @@ cdef class Endpoint:
             # every ~10 s: free pooled message buffers that sat unused since the last check
             self._last_trim = now_s
             pool_trim(True)
+
+    def _flush(self):
+        """End of the loop turn: every connection that got broadcast frames writes them in one send."""
+        cdef Connection conn
+        cdef list dirty = self._dirty
+        self._flush_scheduled = False
+        if not dirty:
+            return
+        self._dirty = []
+        for conn in dirty:
+            try:
+                conn._flush_bq()
+            except Exception as exc:  # a bug, not a peer's fault; keep flushing the others
+                logger.error("fastws: error while flushing a broadcast", exc_info=exc)
 
     def stop(self):
         if self._sweep_handle is not None:
@@ -858,6 +877,12 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         readonly double latency         #: seconds of the last keepalive ping round trip
         public object user              #: free slot for application data (e.g. auth claims)
         public object data              #: free slot for per-connection application data
+        uint8_t* _bq                    # broadcast frames waiting for the end of the loop turn
+        Py_ssize_t _bq_len
+        Py_ssize_t _bq_cap
+        bytes _auto_req                 # engine-level auto response: TEXT request -> response
+        bytes _auto_resp
+        double _auto_ts
         object __weakref__
 
     def __init__(self, Endpoint endpoint not None, *, object handler=None, object listener=None,
@@ -872,6 +897,104 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self.close_code = 1006
         self.close_reason = ""
         self.latency = 0.0
+
+    def __dealloc__(self):
+        if self._bq != NULL:
+            free(self._bq)
+            self._bq = NULL
+
+    # ------------------------------------------------------------ broadcast queue
+
+    cdef int _bq_add(self, const uint8_t* p, Py_ssize_t n) except -1:
+        """Queue ``p[0:n]`` (whole frames) to leave at the end of this loop turn."""
+        cdef Py_ssize_t cap
+        cdef uint8_t* q
+        cdef Endpoint ep
+        if self._bq_len + n > self._bq_cap:
+            cap = max(self._bq_cap * 2, self._bq_len + n, 256)
+            q = <uint8_t*>realloc(self._bq, cap)
+            if q == NULL:
+                raise MemoryError()
+            self._bq = q
+            self._bq_cap = cap
+        memcpy(self._bq + self._bq_len, p, n)
+        if self._bq_len == 0:
+            ep = self.endpoint
+            ep._dirty.append(self)
+            if not ep._flush_scheduled:
+                ep._flush_scheduled = True
+                self._loop.call_soon(ep._flush)
+        self._bq_len += n
+        return 0
+
+    cdef int _flush_bq(self) except -1:
+        """Write the queued broadcast frames now (before anything sent after them)."""
+        cdef Py_ssize_t n = self._bq_len
+        if n == 0:
+            return 0
+        self._bq_len = 0
+        if self._write is not None and self._state != CLOSED:
+            if self._sock is not None:
+                self._sock.write_c(self._bq, n)
+            else:
+                self._write(PyBytes_FromStringAndSize(<char*>self._bq, n))
+        if self._bq_cap > 65536:
+            free(self._bq)
+            self._bq = NULL
+            self._bq_cap = 0
+        return 0
+
+    cdef Py_ssize_t _buffered(self):
+        cdef Py_ssize_t n = self._bq_len
+        if self._sock is not None:
+            return n + self._sock.buffered()
+        if self.transport is not None:
+            return n + self.transport.get_write_buffer_size()
+        return n
+
+    cdef int _deliver(self, bytes frame, const uint8_t* fp, Py_ssize_t fn, Py_ssize_t hlen) except -1:
+        """Write one pre-built frame (a broadcast): corked with the reply being dispatched,
+        queued to the end of the turn, or, when large, sent by reference at once."""
+        cdef FrameWriter cork
+        if self._corked and fn < LARGE_SEND:
+            cork = self.endpoint._cork
+            cork.reserve(fn)
+            memcpy(cork._data + cork._len, fp, fn)
+            cork._len += fn
+            return 0
+        if fn < LARGE_SEND:
+            return self._bq_add(fp, fn)
+        # large: keep the order, then header + payload by reference
+        if self._corked:
+            self._uncork()
+            self._corked = True
+        self._flush_bq()
+        if self._sock is not None:
+            self._sock.write2_c(fp, hlen, fp + hlen, fn - hlen, frame)
+        else:
+            self._write(frame)
+        return 0
+
+    def set_auto_response(self, object request, object response=None):
+        """Answer a TEXT message equal to ``request`` with the TEXT ``response`` inside the
+        engine, without calling the listener or queueing the message (``None`` turns it off)."""
+        if request is None:
+            self._auto_req = None
+            self._auto_resp = None
+            return
+        if response is None:
+            raise TypeError("set_auto_response needs a response")
+        req = request.encode("utf-8") if isinstance(request, str) else bytes(request)
+        resp = response.encode("utf-8") if isinstance(response, str) else bytes(response)
+        if len(req) == 0 or len(req) > 4096 or len(resp) > 4096:
+            raise ValueError("auto response request and response must be 1-4096 bytes")
+        self._auto_req = req
+        self._auto_resp = resp
+
+    @property
+    def auto_response_timestamp(self):
+        """Wall-clock time (``time.time()``) of the last auto response, or None."""
+        return self._auto_ts if self._auto_ts > 0 else None
 
     # ------------------------------------------------------------ properties
 
@@ -921,8 +1044,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     @property
     def buffered_amount(self):
-        """Bytes written but not yet accepted by the kernel."""
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        """Bytes written (or queued for the end of this loop turn) but not yet accepted by the kernel."""
+        return self._buffered()
 
     def __repr__(self):
         return f"<fastws.Connection {self.state} {self.remote_address}>"
@@ -1295,7 +1418,16 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef Message msg
         cdef object owner = parser.ev_obj
         cdef object item
+        cdef timespec ts
         parser.ev_obj = None
+        if self._auto_req is not None and parser.ev_opcode == 1 and parser.ev_len == PyBytes_GET_SIZE(self._auto_req) \
+                and memcmp(parser.ev_ptr, PyBytes_AS_STRING(self._auto_req), parser.ev_len) == 0:
+            if not self._close_sent:
+                self._send_raw(1, <uint8_t*>PyBytes_AS_STRING(self._auto_resp), PyBytes_GET_SIZE(self._auto_resp),
+                               False)
+            clock_gettime(CLOCK_REALTIME, &ts)
+            self._auto_ts = ts.tv_sec + ts.tv_nsec * 1e-9
+            return 0
         if self._listener is not None:
             msg = Message.new(parser.ev_opcode, parser.ev_ptr, parser.ev_len, owner)
             try:
@@ -1593,6 +1725,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         """Queue one frame: into the cork while dispatching, else straight to the transport."""
         if self._write is None:
             return 0
+        if self._bq_len:
+            self._flush_bq()
         if self._corked:
             self.endpoint._cork.write_frame(opcode, p, n, True, rsv1)
         elif self._sock is not None:
@@ -1628,6 +1762,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             return 0
         self._corked = False
         cork = self.endpoint._cork
+        if self._bq_len:
+            self._flush_bq()
         if cork.size():
             if self._sock is not None:
                 try:
@@ -1665,6 +1801,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             if self._corked:
                 self._uncork()
                 self._corked = True
+            if self._bq_len:
+                self._flush_bq()
             h = write_header(hdr, opcode, True, rsv1, n, NULL)
             if self._sock is not None:
                 self._sock.write2_c(hdr, h, p, n, owner if owner is not None and PyBytes_CheckExact(owner) else None)
@@ -1740,6 +1878,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._check_room()
         if isinstance(data, str):
             data = (<str>data).encode("utf-8")
+        if self._bq_len:
+            self._flush_bq()
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             if self._corked:
@@ -1896,3 +2036,60 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         elif self._state == HANDSHAKE and self.transport is not None and not self.endpoint.is_client:
             self._state = CLOSED
             self.transport.close()
+
+
+def broadcast(object connections, object data, *, Connection exclude=None, Py_ssize_t max_buffer=0):
+    """Send one message to many server connections, framed once.
+
+    ``data`` is framed once (``str`` as TEXT, bytes-like as BINARY, never
+    compressed) and the same bytes go to every OPEN connection in
+    ``connections`` except ``exclude``. Small frames are queued per connection
+    and leave at the end of the event-loop turn, so everything broadcast to a
+    connection in one turn leaves in one send; the order with the
+    connection's other sends is kept.
+
+    Args:
+        connections: an iterable of server-side :class:`Connection` objects.
+        data: the message.
+        exclude: a connection to skip (for example the sender).
+        max_buffer: when > 0, a connection whose buffered outgoing bytes would
+            exceed this is skipped.
+
+    Returns:
+        The list of connections skipped because of ``max_buffer`` (the caller
+        applies its slow-consumer policy to them).
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t n, fn, hlen
+    cdef const char* p
+    cdef int opcode
+    cdef bytes frame
+    cdef const uint8_t* fp
+    cdef Connection conn
+    cdef list skipped = []
+    if type(data) is str:
+        p = PyUnicode_AsUTF8AndSize(data, &n)
+        frame = build_frame_c(1, <const uint8_t*>p, n, True, False, False)
+    else:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            n = view.len
+            frame = build_frame_c(2, <const uint8_t*>view.buf, n, True, False, False)
+        finally:
+            PyBuffer_Release(&view)
+    fp = <const uint8_t*>PyBytes_AS_STRING(frame)
+    fn = PyBytes_GET_SIZE(frame)
+    hlen = fn - n
+    for obj in connections:
+        if not isinstance(obj, Connection):
+            raise TypeError(f"broadcast() needs fastws connections, got {type(obj).__name__}")
+        conn = <Connection>obj
+        if conn is exclude or conn._state != OPEN or conn._close_sent or conn._write is None:
+            continue
+        if conn.endpoint.is_client:
+            raise ValueError("broadcast() sends server frames; a client connection must mask its own")
+        if max_buffer > 0 and conn._buffered() + fn > max_buffer:
+            skipped.append(conn)
+            continue
+        conn._deliver(frame, fp, fn, hlen)
+    return skipped
