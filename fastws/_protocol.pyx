@@ -90,6 +90,7 @@ cdef enum:
 cdef enum:
     LARGE_SEND = 65536      # payloads at least this big are written without copying (writev)
     WRITE_SLICE = 262144    # largest single send of a big payload
+    SMALL_READ = 16384      # first read after a large message
 
 
 cdef inline double _now() noexcept nogil:
@@ -841,6 +842,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         int _state
         bint _corked
         bint _direct
+        bint _expect_large              # the last message was large: read the next header with a small read
         bint _write_copies              # the transport copies what it cannot send at once (aiofastnet)
         SocketTransport _sock           # our own socket transport (C-level writes), or None
         object _hs                      #: ServerHandshake / ClientHandshake during the handshake
@@ -1097,6 +1099,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if p == NULL:
             raise MemoryError()
         out[0] = p
+        if self._expect_large:
+            # after a large message the next one is likely large too: a small first read
+            # gets its header, and the rest goes straight into its buffer (no scratch copy)
+            self._expect_large = False
+            return SMALL_READ
         return FASTWS_SCRATCH_SIZE
 
     def get_buffer(self, Py_ssize_t sizehint):
@@ -1420,6 +1427,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef object item
         cdef timespec ts
         parser.ev_obj = None
+        self._expect_large = parser.ev_len >= LARGE_SEND
         if self._auto_req is not None and parser.ev_opcode == 1 and parser.ev_len == PyBytes_GET_SIZE(self._auto_req) \
                 and memcmp(parser.ev_ptr, PyBytes_AS_STRING(self._auto_req), parser.ev_len) == 0:
             if not self._close_sent:
