@@ -48,12 +48,19 @@ class Endpoint:
     loop: asyncio.AbstractEventLoop | None
     connections: set[Connection]
     draining: bool
+    stats_enabled: bool
+    """Keep the latency and duration histograms (the counters are always kept)."""
     def __init__(self, is_client: bool = False, *, max_size: int = ..., max_queue: int = ..., write_limit: int = ...,
                  max_write_buffer: int = ..., ping_interval: float = ..., ping_timeout: float = ...,
                  idle_timeout: float = ..., close_timeout: float = ..., handshake_timeout: float = ...,
                  max_header_size: int = ..., compression: Any = None, accept: Any = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None: ...
     def stop(self) -> None: ...
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the endpoint's C-level counters and histograms: attempted, established,
+        failed, closed, active, http_requests, messages/bytes received and sent, errors,
+        auto_responses, broadcasts, broadcast_skipped, close_codes, refused (by status),
+        latency and duration (cumulative buckets, sum, count; seconds)."""
 
 class Connection(asyncio.BufferedProtocol):
     """One WebSocket connection: the protocol the loop drives and the ``ws`` object handlers receive."""

@@ -275,6 +275,73 @@ cdef class _ReadTarget:
 
 # ---------------------------------------------------------------- endpoint
 
+# ---------------------------------------------------------------- statistics
+#
+# Hot-path counters live in a C struct inside each Endpoint: a few integer
+# additions per message, no Python object. They are read at scrape time
+# (Endpoint.stats()) by fastws.metrics; nothing here knows about Prometheus.
+
+cdef enum:
+    N_LAT = 14              # message latency buckets (+Inf is the last)
+    N_DUR = 10              # connection duration buckets (+Inf is the last)
+    N_CODES = 18            # close codes 1000..1015, 3000-4999 ("app"), other
+    N_STATUS = 12           # refused-handshake statuses (see _STATUSES), other
+
+cdef double[13] LAT_BOUNDS = [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                              0.1, 0.5, 1.0]
+cdef double[9] DUR_BOUNDS = [0.1, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0]
+_STATUSES = (400, 401, 403, 404, 405, 426, 429, 431, 500, 502, 503)
+cdef int[11] _STATUS_C = [400, 401, 403, 404, 405, 426, 429, 431, 500, 502, 503]
+
+ctypedef struct Stats:
+    unsigned long long attempted        # WebSocket upgrade requests
+    unsigned long long established      # opening handshakes completed
+    unsigned long long failed           # upgrade requests that never reached OPEN
+    unsigned long long closed           # established connections that ended
+    unsigned long long http_requests    # plain HTTP requests answered
+    unsigned long long msgs_in
+    unsigned long long bytes_in
+    unsigned long long msgs_out
+    unsigned long long bytes_out
+    unsigned long long errors           # connections failed for a protocol violation or an error
+    unsigned long long auto_responses
+    unsigned long long broadcasts
+    unsigned long long broadcast_skipped
+    unsigned long long close_codes[N_CODES]
+    unsigned long long statuses[N_STATUS]
+    unsigned long long lat_buckets[N_LAT]
+    double lat_sum
+    unsigned long long dur_buckets[N_DUR]
+    double dur_sum
+
+
+cdef inline int _bucket(const double* bounds, int n, double v) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        if v <= bounds[i]:
+            return i
+    return n
+
+
+cdef inline int _code_index(int code) noexcept nogil:
+    if 1000 <= code <= 1015:
+        return code - 1000
+    if 3000 <= code <= 4999:
+        return 16
+    return 17
+
+
+cdef list _cumulative(const unsigned long long* b, const double* bounds, int n):
+    """Prometheus-style cumulative buckets: [(upper bound, count <= bound), ..., (inf, total)]."""
+    cdef list out = []
+    cdef unsigned long long acc = 0
+    cdef int i
+    for i in range(n + 1):
+        acc += b[i]
+        out.append((bounds[i] if i < n else float("inf"), acc))
+    return out
+
+
 cdef class Endpoint:
     """Settings and shared state of every connection of one server (or of the
     client connections of one event loop): limits, timeouts, the cork
@@ -306,6 +373,8 @@ cdef class Endpoint:
     cdef long _last_trim
     cdef list _dirty                # connections with broadcast frames waiting for the end of the turn
     cdef bint _flush_scheduled
+    cdef Stats _st
+    cdef public bint stats_enabled          # latency and duration histograms (counters are always kept)
 
     def __init__(self, bint is_client=False, *, Py_ssize_t max_size=1 << 20, Py_ssize_t max_queue=32,
                  Py_ssize_t write_limit=65536, Py_ssize_t max_write_buffer=16 << 20,
@@ -334,6 +403,8 @@ cdef class Endpoint:
         self._target = _ReadTarget()
         self._sweep_handle = None
         self._dirty = []
+        memset(&self._st, 0, sizeof(Stats))
+        self.stats_enabled = True
         timeouts = [t for t in (ping_interval, ping_timeout, idle_timeout, close_timeout, handshake_timeout) if t > 0]
         self._sweep_every = min([1.0] + [t / 4 for t in timeouts])
 
@@ -362,6 +433,59 @@ cdef class Endpoint:
             # every ~10 s: free pooled message buffers that sat unused since the last check
             self._last_trim = now_s
             pool_trim(True)
+
+    def stats(self):
+        """A snapshot of this endpoint's counters and histograms (a dict of plain numbers)."""
+        cdef Stats* st = &self._st
+        cdef int i
+        codes = {}
+        for i in range(N_CODES):
+            if st.close_codes[i]:
+                codes[str(1000 + i) if i < 16 else ("app" if i == 16 else "other")] = st.close_codes[i]
+        statuses = {}
+        for i in range(N_STATUS):
+            if st.statuses[i]:
+                statuses[str(_STATUSES[i]) if i < N_STATUS - 1 else "other"] = st.statuses[i]
+        lat_count = 0
+        for i in range(N_LAT):
+            lat_count += st.lat_buckets[i]
+        dur_count = 0
+        for i in range(N_DUR):
+            dur_count += st.dur_buckets[i]
+        return {
+            "attempted": st.attempted,
+            "established": st.established,
+            "failed": st.failed,
+            "closed": st.closed,
+            "active": sum(1 for c in self.connections if (<Connection>c)._state == OPEN),
+            "http_requests": st.http_requests,
+            "messages_received": st.msgs_in,
+            "bytes_received": st.bytes_in,
+            "messages_sent": st.msgs_out,
+            "bytes_sent": st.bytes_out,
+            "errors": st.errors,
+            "auto_responses": st.auto_responses,
+            "broadcasts": st.broadcasts,
+            "broadcast_skipped": st.broadcast_skipped,
+            "close_codes": codes,
+            "refused": statuses,
+            "latency": {"buckets": _cumulative(st.lat_buckets, LAT_BOUNDS, N_LAT - 1),
+                        "sum": st.lat_sum, "count": lat_count},
+            "duration": {"buckets": _cumulative(st.dur_buckets, DUR_BOUNDS, N_DUR - 1),
+                         "sum": st.dur_sum, "count": dur_count},
+        }
+
+    cdef inline void _latency(self, double seconds) noexcept:
+        self._st.lat_buckets[_bucket(LAT_BOUNDS, N_LAT - 1, seconds)] += 1
+        self._st.lat_sum += seconds
+
+    cdef void _refused(self, int status) noexcept:
+        cdef int i
+        for i in range(N_STATUS - 1):
+            if _STATUS_C[i] == status:
+                self._st.statuses[i] += 1
+                return
+        self._st.statuses[N_STATUS - 1] += 1
 
     def _flush(self):
         """End of the loop turn: every connection that got broadcast frames writes them in one send."""
@@ -843,6 +967,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         bint _corked
         bint _direct
         bint _expect_large              # the last message was large: read the next header with a small read
+        bint _upgrade                   # the request asked for a WebSocket (counted as attempted)
+        bint _counted_end               # counted as failed or closed already
+        double _established_at
+        double _handed_at               # queue mode: when the message the app is handling was read
         bint _write_copies              # the transport copies what it cannot send at once (aiofastnet)
         SocketTransport _sock           # our own socket transport (C-level writes), or None
         object _hs                      #: ServerHandshake / ClientHandshake during the handshake
@@ -1152,6 +1280,19 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc):
         cdef bint first = not self._lost
+        cdef Stats* st = &self.endpoint._st
+        cdef double d
+        if not self._counted_end:
+            self._counted_end = True
+            if self._established_at > 0:
+                st.closed += 1
+                st.close_codes[_code_index(self.close_code)] += 1
+                if self.endpoint.stats_enabled:
+                    d = _now() - self._established_at
+                    st.dur_buckets[_bucket(DUR_BOUNDS, N_DUR - 1, d)] += 1
+                    st.dur_sum += d
+            elif self._upgrade:
+                st.failed += 1
         self._lost = True
         self._state = CLOSED
         self.endpoint._unregister(self)
@@ -1216,6 +1357,9 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._hs = None
         self.request = request
         request.remote_address = self.transport.get_extra_info("peername")
+        if request.is_websocket:
+            self._upgrade = True
+            self.endpoint._st.attempted += 1
         try:
             spec = self.endpoint.accept(self, request)
         except HandshakeError as exc:
@@ -1311,12 +1455,17 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._parser = FrameParser(self.endpoint.is_client, max_size, deflate)
         self._state = OPEN
         self._deadline = 0
-        self._last_recv = _now()
+        self._last_recv = self._established_at = _now()
+        self.endpoint._st.established += 1
+        if self.endpoint.is_client:
+            self._upgrade = True
+            self.endpoint._st.attempted += 1
 
     cdef void _reject(self, object exc):
         """Refuse the handshake with an HTTP status and a one-line reason."""
         logger.debug("fastws: handshake refused %s: %s", self.transport.get_extra_info("peername")
                      if self.transport is not None else None, exc)
+        self._count_refusal(getattr(exc, "status", 400))
         if self.transport is None:
             return
         try:
@@ -1327,8 +1476,18 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     cdef void _respond(self, object response):
         """Answer a plain HTTP request and close."""
+        if self._upgrade:
+            self._count_refusal(response.status)
+        else:
+            self.endpoint._st.http_requests += 1
         self._write(response.to_bytes())
         self._finish_http()
+
+    cdef void _count_refusal(self, int status):
+        if self._upgrade and not self._counted_end:
+            self._counted_end = True
+            self.endpoint._st.failed += 1
+        self.endpoint._refused(status)
 
     cdef void _finish_http(self):
         """After an HTTP response: half-close and read (discarding) until the client closes,
@@ -1426,8 +1585,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef object owner = parser.ev_obj
         cdef object item
         cdef timespec ts
+        cdef Stats* st = &self.endpoint._st
         parser.ev_obj = None
         self._expect_large = parser.ev_len >= LARGE_SEND
+        st.msgs_in += 1
+        st.bytes_in += parser.ev_len
         if self._auto_req is not None and parser.ev_opcode == 1 and parser.ev_len == PyBytes_GET_SIZE(self._auto_req) \
                 and memcmp(parser.ev_ptr, PyBytes_AS_STRING(self._auto_req), parser.ev_len) == 0:
             if not self._close_sent:
@@ -1435,6 +1597,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                                False)
             clock_gettime(CLOCK_REALTIME, &ts)
             self._auto_ts = ts.tv_sec + ts.tv_nsec * 1e-9
+            st.auto_responses += 1
             return 0
         if self._listener is not None:
             msg = Message.new(parser.ev_opcode, parser.ev_ptr, parser.ev_len, owner)
@@ -1444,6 +1607,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 self._listener_error(exc)
             finally:
                 msg._invalidate()
+                if self.endpoint.stats_enabled:
+                    self.endpoint._latency(_now() - self._last_recv)
                 if owner is not None and Py_REFCNT(msg) == 1:
                     # nobody kept the message or its bytes: reuse the buffer for the next one
                     msg._owner = None
@@ -1467,6 +1632,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             if not w.done():
                 w.set_result(item)
                 self._handed = True
+                self._handed_at = self._last_recv
                 return
         if self._queue is None:
             self._queue = _deque()
@@ -1593,6 +1759,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._fail_now(code, reason)
 
     cdef void _fail_now(self, int code, str reason):
+        if not self._close_received:
+            self.endpoint._st.errors += 1
         self._input_closed = True
         if self._parser is not None:
             self._parser.reset()
@@ -1795,6 +1963,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef uint8_t key[4]
         cdef Py_ssize_t h
         cdef bint rsv1 = False
+        self.endpoint._st.msgs_out += 1
         if self._deflate is not None and n >= self._deflate.compress_min_size:
             if owner is None or not PyBytes_CheckExact(owner) or PyBytes_GET_SIZE(owner) != n:
                 owner = PyBytes_FromStringAndSize(<char*>p, n)
@@ -1802,6 +1971,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             p = <uint8_t*>PyBytes_AS_STRING(owner)
             n = PyBytes_GET_SIZE(owner)
             rsv1 = True
+        self.endpoint._st.bytes_out += n
         if n >= LARGE_SEND and not self.endpoint.is_client and (
                 self._sock is not None  # copies only what the kernel does not take at once
                 or (owner is not None and PyBytes_CheckExact(owner) and PyBytes_GET_SIZE(owner) == n)):
@@ -1979,6 +2149,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         w = self._waiter
         if w is not None and not w.done():
             raise RuntimeError("recv() called while another coroutine is already waiting for a message")
+        if self._handed_at > 0:
+            # the app asks for the next message: the previous one has been handled
+            if self.endpoint.stats_enabled:
+                self.endpoint._latency(_now() - self._handed_at)
+            self._handed_at = 0
         self._handed = False
         fut = self._loop.create_future()
         if self._queue:
@@ -1990,6 +2165,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             if self._read_block & READ_QUEUE and len(self._queue) <= (self.endpoint.max_queue >> 1):
                 self._block_reading(READ_QUEUE, False)
             fut.set_result(item)
+            self._handed_at = self._last_recv
             return fut
         if self._state == CLOSED or self._input_closed:
             fut.set_exception(self._end_exc(anext))
@@ -2098,6 +2274,10 @@ def broadcast(object connections, object data, *, Connection exclude=None, Py_ss
             raise ValueError("broadcast() sends server frames; a client connection must mask its own")
         if max_buffer > 0 and conn._buffered() + fn > max_buffer:
             skipped.append(conn)
+            conn.endpoint._st.broadcast_skipped += 1
             continue
         conn._deliver(frame, fp, fn, hlen)
+        conn.endpoint._st.msgs_out += 1
+        conn.endpoint._st.bytes_out += n
+        conn.endpoint._st.broadcasts += 1
     return skipped
