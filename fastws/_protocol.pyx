@@ -1384,6 +1384,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
     def _accept_done(self, task, bytes rest):
         if self._state != HANDSHAKE or self.transport is None:
             return
+        # whatever the outcome, read again: a refusal half-closes and must see the client's FIN
+        self._block_reading(READ_ACCEPT, False)
         try:
             spec = task.result()
         except HandshakeError as exc:
@@ -1396,7 +1398,6 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if isinstance(spec, _hs.Response):
             self._respond(spec)
             return
-        self._block_reading(READ_ACCEPT, False)
         self._finish_accept(spec, rest, 0)
 
     cdef void _finish_accept(self, object spec, object chunk, Py_ssize_t offset):
