@@ -366,6 +366,7 @@ class Proxy:
             status = getattr(exc, "status", 0)
             logger.warning("fastws: backend %s unavailable for %s: %s", self.backend_url, request.path,
                            exc or type(exc).__name__)
+            _reading_after_refusal(ws)
             if 400 <= status < 500:
                 raise HandshakeError(status, _phrase(status)) from None
             raise HandshakeError(502, "Bad Gateway") from None
@@ -385,6 +386,18 @@ class Proxy:
     def _check_opened(relay: _Relay) -> None:
         if not relay.opened and relay.backend is not None and not relay.backend.closed:
             relay.backend.close(1001, "client went away")
+
+
+def _reading_after_refusal(ws: Connection) -> None:
+    """Work around the engine: while an asynchronous accept hook runs, the client's reading is
+    paused, and a refusal does not resume it, so the half-closed connection would not see the
+    client's FIN and would linger until ``close_timeout``. Resume it before refusing."""
+    transport = ws.transport
+    if transport is not None:
+        try:
+            transport.resume_reading()
+        except (RuntimeError, OSError, AttributeError):
+            pass
 
 
 def _phrase(status: int) -> str:
