@@ -5,6 +5,7 @@ high-level ``async for`` API and a zero-copy listener API.
 """
 
 from fastws._frames import CloseCode, Opcode
+from fastws.auth import JWTAuth
 from fastws.client import connect
 from fastws.connection import Connection, Listener, Message
 from fastws.exceptions import (
@@ -19,6 +20,7 @@ from fastws.exceptions import (
     ProtocolError,
 )
 from fastws.handshake import CompressionOptions, Headers, Request, Response
+from fastws.proxy import Proxy
 from fastws.server import Accept, Server, run, serve
 
 __version__ = "0.1.0"
@@ -36,11 +38,13 @@ __all__ = [
     "HandshakeError",
     "Headers",
     "InvalidHandshake",
+    "JWTAuth",
     "Listener",
     "Message",
     "Opcode",
     "PayloadTooBig",
     "ProtocolError",
+    "Proxy",
     "Request",
     "Response",
     "Server",
