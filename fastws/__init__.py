@@ -22,11 +22,14 @@ from fastws.exceptions import (
 from fastws.handshake import CompressionOptions, Headers, Request, Response
 from fastws.proxy import Proxy
 from fastws.server import Accept, Server, run, serve
+from fastws.app import App  # noqa: E402  (after server: it builds on Accept)
+from fastws.guards import Firewall, Guards, RateLimit, Rule  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Accept",
+    "App",
     "BufferFull",
     "CloseCode",
     "CompressionOptions",
@@ -35,6 +38,8 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "FastWSError",
+    "Firewall",
+    "Guards",
     "HandshakeError",
     "Headers",
     "InvalidHandshake",
@@ -45,8 +50,10 @@ __all__ = [
     "PayloadTooBig",
     "ProtocolError",
     "Proxy",
+    "RateLimit",
     "Request",
     "Response",
+    "Rule",
     "Server",
     "__version__",
     "connect",
