@@ -156,9 +156,9 @@ class JWTAuth:
             if scheme.lower() == "bearer" and value.strip():
                 return value.strip()
         if self.query_param and request.query_string:
-            value = request.query_param(self.query_param)
-            if value:
-                return value
+            query_token = request.query_param(self.query_param)
+            if query_token:
+                return query_token
         return None
 
     def verify(self, token: str) -> dict[str, Any]:

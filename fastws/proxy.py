@@ -47,7 +47,8 @@ __all__ = ["Proxy"]
 logger = logging.getLogger("fastws.proxy")
 
 # send() returns an instance of the engine's _Ready type when nothing needs waiting for, and a
-# future when the peer does not read (the write buffer is above write_limit)
+# future when the peer does not read (the write buffer is above write_limit). The type test is
+# the fast path; isfuture() decides when it fails (and alone, should the engine rename _Ready).
 _READY: Any = getattr(_protocol, "_Ready", None)
 
 #: request headers never forwarded (hop-by-hop, handshake, or set by the proxy)
@@ -137,7 +138,7 @@ class _ClientSide(Listener):
             waiter = backend.send(msg)
         except ConnectionClosed:
             return
-        if type(waiter) is not _READY and not relay.paused_client:
+        if type(waiter) is not _READY and not relay.paused_client and asyncio.isfuture(waiter):
             relay.paused_client = True
             relay._pause(ws)
 
@@ -188,7 +189,7 @@ class _BackendSide(Listener):
             waiter = client.send(msg)
         except ConnectionClosed:
             return
-        if type(waiter) is not _READY and not relay.paused_backend:
+        if type(waiter) is not _READY and not relay.paused_backend and asyncio.isfuture(waiter):
             relay.paused_backend = True
             relay._pause(ws)
 

@@ -386,3 +386,81 @@ async def test_proxy_to_a_websockets_backend(serve):
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "to websockets"
             await ws.send(b"bin")
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == b"bin"
+
+
+async def test_slow_backend_backpressures_the_client(pair):
+    """A backend that does not read makes the client's sends wait; the proxy stops reading
+    from the client instead of buffering what it sends."""
+    chunk = os.urandom(256 * 1024)
+    count = 120  # 30 MiB
+    release = asyncio.Event()
+    got = []
+
+    async def lazy(ws):
+        await release.wait()
+        async for message in ws:
+            got.append(message)
+            if len(got) == count:
+                await ws.send("all")
+
+    _, front = await pair(lazy)
+    async with fastws.connect(front.url + "/") as ws:
+        sent = {"n": 0}
+
+        async def flood():
+            for _ in range(count):
+                await ws.send(chunk)
+                sent["n"] += 1
+
+        task = asyncio.ensure_future(flood())
+        await asyncio.sleep(0.5)
+        assert not task.done(), "the client sent 30 MiB although the backend reads nothing"
+        assert sum(c.buffered_amount for c in front.connections) < 8 << 20
+        release.set()
+        await asyncio.wait_for(task, TIMEOUT)
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "all"
+        assert all(m == chunk for m in got) and len(got) == count
+
+
+async def test_client_leaving_while_the_backend_is_dialled(serve):
+    """The client goes away while the proxy waits for the backend's handshake: the backend
+    connection is closed, not leaked."""
+    closes = []
+
+    class SlowAccept:
+        async def _accept(self, ws, request):
+            await asyncio.sleep(0.3)
+            return fastws.Accept(listener=Tracker())
+
+        def fastws_accept(self, ws, request):
+            return self._accept(ws, request)
+
+    class Tracker(fastws.Listener):
+        def on_close(self, ws, code, reason):
+            closes.append(code)
+
+    backend = await serve(SlowAccept())
+    front = await serve(Proxy(backend.url))
+    reader, writer = await raw_connect(front, upgrade_request("/"))
+    await asyncio.sleep(0.1)
+    writer.transport.abort()
+    await wait_for(lambda: len(backend.connections) == 0 and len(front.connections) == 0)
+    await wait_for(lambda: closes != [])
+
+
+async def test_send_reports_congestion_as_the_proxy_expects(serve):
+    """The proxy tells "sent" from "the peer does not read" by send()'s return type."""
+    import fastws.proxy
+
+    assert fastws.proxy._READY is not None
+    results = []
+
+    async def handler(ws):
+        results.append(type(ws.send("x")))
+        await ws.recv()
+
+    server = await serve(handler)
+    async with fastws.connect(server.url + "/") as ws:
+        assert await ws.recv() == "x"
+        await ws.send("done")
+    assert results == [fastws.proxy._READY]
