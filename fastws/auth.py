@@ -68,6 +68,12 @@ def user_id(claims: Mapping[str, Any] | None) -> Any:
     return uid if uid is not None else claims.get("sub")
 
 
+def _engine_connection(ws: Any) -> Any:
+    """The engine's Connection behind a wrapper (the guards' LimitedConnection has ``.connection``)."""
+    inner = getattr(ws, "connection", None)
+    return inner if inner is not None else ws
+
+
 def _jwt() -> Any:
     try:
         import jwt
@@ -209,6 +215,7 @@ class JWTAuth:
             self._watch(ws, ws.user)
 
     def _watch(self, ws: Any, claims: Mapping[str, Any] | None) -> None:
+        ws = _engine_connection(ws)
         loop = asyncio.get_running_loop()
         watch = self._watches.get(loop)
         if watch is None:
@@ -225,7 +232,7 @@ class JWTAuth:
             watch = self._watches.get(asyncio.get_running_loop())
         except RuntimeError:
             return None
-        return watch.expiry.get(ws) if watch is not None else None
+        return watch.expiry.get(_engine_connection(ws)) if watch is not None else None
 
     def refresh(self, ws: Any, token: str) -> dict[str, Any]:
         """Replace the token of an open connection: verify it, check it names the same
@@ -237,6 +244,7 @@ class JWTAuth:
         Raises:
             InvalidToken: the token fails verification or names another user.
         """
+        ws = _engine_connection(ws)
         claims = self.verify(token)
         if user_id(claims) != user_id(ws.user):
             raise InvalidToken("token subject mismatch")

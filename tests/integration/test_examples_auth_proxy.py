@@ -290,3 +290,27 @@ async def test_proxy_in_an_app_ignores_spoofed_forwarded_for(serve):
     async with websockets.connect(server.url + "/x", additional_headers={"X-Forwarded-For": "1.2.3.4"}) as ws:
         await ws.send("?")
         assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == ["127.0.0.1"]
+
+
+async def test_app_refresh_through_message_limits(serve):
+    """With message limits the handler's ws is the guards' wrapper: a refresh through it
+    still moves the expiry of the real connection."""
+    auth = fastws.JWTAuth(SECRET)
+    app = fastws.App(auth=auth, message_rate="1000/s")
+
+    @app.websocket("/")
+    async def handler(ws):
+        async for message in ws:
+            if auth.on_message(ws, message):
+                continue
+            await ws.send(f"{ws.user['sub']}:{message}")
+
+    server = await serve(app)
+    first_exp = int(time.time()) + 1
+    t = jwt.encode({"sub": "finn", "exp": first_exp}, SECRET, algorithm="HS256")
+    async with fastws.connect(server.url + f"/?token={t}") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token("finn", ttl=120)}, separators=(",", ":")))
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["ok"] is True
+        await asyncio.sleep(max(0.0, first_exp - time.time()) + 0.3)
+        await ws.send("alive")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "finn:alive"
