@@ -95,6 +95,15 @@ class _Relay:
                 pass
 
     @staticmethod
+    def _unpause(conn: Any) -> None:
+        transport = conn.transport
+        if transport is not None:
+            try:
+                transport.resume_reading()
+            except (RuntimeError, OSError, AttributeError):
+                pass
+
+    @staticmethod
     def _resume(conn: Any) -> None:
         transport = conn.transport
         # when the source's own peer does not read either, the engine keeps it paused
@@ -157,7 +166,12 @@ class _ClientSide(Listener):
             relay._resume(relay.backend)
 
     def on_close(self, ws: Connection, code: int, reason: str) -> None:
-        backend = self.relay.backend
+        relay = self.relay
+        backend = relay.backend
+        if relay.paused_backend:
+            # the backend must read its answer to our CLOSE: undo our pause
+            relay.paused_backend = False
+            relay._unpause(backend)
         if backend.open:
             if code == 1006:
                 backend.close(1001, "client went away")
@@ -214,6 +228,9 @@ class _BackendSide(Listener):
         else:
             code = _send_close_code(code)
         client = relay.client
+        if relay.paused_client and client is not None:
+            relay.paused_client = False
+            relay._unpause(client)
         if client is None:
             relay.backend_close = (code, reason)
         elif client.open:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socket
+import struct
 
 import aiohttp
 import pytest
@@ -15,7 +16,7 @@ import websockets.exceptions
 
 import fastws
 from fastws.proxy import Proxy
-from tests.helpers import raw_connect, read_http_response, upgrade_request
+from tests.helpers import build_frame, raw_connect, read_http_response, upgrade_request
 
 TIMEOUT = 5.0
 
@@ -464,3 +465,70 @@ async def test_send_reports_congestion_as_the_proxy_expects(serve):
         assert await ws.recv() == "x"
         await ws.send("done")
     assert results == [fastws.proxy._READY]
+
+
+async def test_closing_while_backpressured_is_prompt(pair):
+    """The client closes while the proxy holds the flooding backend paused: the backend leg
+    still completes its closing handshake at once (not after close_timeout)."""
+    chunk = os.urandom(256 * 1024)
+    backend_close = []
+
+    async def flood(ws):
+        await ws.recv()
+        try:
+            for _ in range(200):
+                await ws.send(chunk)
+        except fastws.ConnectionClosed:
+            pass
+        backend_close.append(ws.close_code)
+
+    backend, front = await pair(flood)
+    reader, writer = await raw_connect(front, upgrade_request("/"))
+    try:
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        writer.write(build_frame(1, b"go"))
+        await asyncio.sleep(0.3)  # not reading: the proxy pauses the backend
+        started = asyncio.get_running_loop().time()
+        writer.write(build_frame(8, struct.pack("!H", 4003) + b"bye"))
+        # read (and skip) frames until the proxy's CLOSE
+        while True:
+            head = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+            n = head[1] & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await reader.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await reader.readexactly(8))[0]
+            payload = await asyncio.wait_for(reader.readexactly(n), TIMEOUT)
+            if head[0] & 0x0F == 8:
+                assert payload[:2] == struct.pack("!H", 4003)
+                break
+    finally:
+        writer.transport.abort()
+    await wait_for(lambda: len(backend.connections) == 0, timeout=3)
+    assert asyncio.get_running_loop().time() - started < 3
+    assert backend_close == [4003]
+
+
+async def test_client_dropping_while_backpressured_closes_backend_promptly(pair):
+    """The client drops while the proxy holds the flooding backend paused: the backend leg
+    reads its closing handshake at once instead of waiting out close_timeout."""
+    chunk = os.urandom(256 * 1024)
+    backend_close = []
+
+    async def flood(ws):
+        await ws.recv()
+        try:
+            for _ in range(200):
+                await ws.send(chunk)
+        except fastws.ConnectionClosed:
+            pass
+        backend_close.append((ws.close_code, ws.close_reason))
+
+    backend, front = await pair(flood)
+    reader, writer = await raw_connect(front, upgrade_request("/"))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    writer.write(build_frame(1, b"go"))
+    await asyncio.sleep(0.3)  # not reading: the proxy pauses the backend
+    writer.transport.abort()
+    await wait_for(lambda: len(backend.connections) == 0, timeout=3)
+    assert backend_close == [(1001, "client went away")]
