@@ -147,7 +147,8 @@ class _ClientSide(Listener):
             waiter = backend.send(msg)
         except ConnectionClosed:
             return
-        if type(waiter) is not _READY and not relay.paused_client and asyncio.isfuture(waiter):
+        if type(waiter) is not _READY and asyncio.isfuture(waiter):
+            # (again, if already paused: the engine may have resumed it for its own reasons)
             relay.paused_client = True
             relay._pause(ws)
 
@@ -203,7 +204,7 @@ class _BackendSide(Listener):
             waiter = client.send(msg)
         except ConnectionClosed:
             return
-        if type(waiter) is not _READY and not relay.paused_backend and asyncio.isfuture(waiter):
+        if type(waiter) is not _READY and asyncio.isfuture(waiter):
             relay.paused_backend = True
             relay._pause(ws)
 
@@ -403,6 +404,9 @@ class Proxy:
     @staticmethod
     def _check_opened(relay: _Relay) -> None:
         if not relay.opened and relay.backend is not None and not relay.backend.closed:
+            if relay.paused_backend:
+                relay.paused_backend = False
+                relay._unpause(relay.backend)
             relay.backend.close(1001, "client went away")
 
 
