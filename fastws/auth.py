@@ -96,7 +96,8 @@ class JWTAuth:
         audience: the expected ``aud`` (a string or several). A token that carries
             an ``aud`` claim is refused when no audience is configured.
         issuer: the expected ``iss`` (a string or several).
-        leeway: seconds of clock skew allowed for ``exp``, ``nbf`` and ``iat``.
+        leeway: seconds of clock skew allowed for ``exp``, ``nbf`` and ``iat`` (a live
+            connection is closed ``leeway`` seconds after its ``exp``).
         require: claims that must be present (e.g. ``("exp", "sub")``).
         query_param: the query parameter that may carry the token (None: header only).
         max_token_size: longer tokens are refused without being parsed.
@@ -148,7 +149,7 @@ class JWTAuth:
         self.refresh_enabled = refresh
         self._decode = jwt.decode
         self._get_header = jwt.get_unverified_header
-        self._errors = (jwt.PyJWTError, ValueError, TypeError, KeyError)
+        self._errors = (jwt.PyJWTError, ValueError, TypeError, KeyError, ArithmeticError)
         self._watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ExpiryWatch] = \
             weakref.WeakKeyDictionary()
 
@@ -347,7 +348,8 @@ class _ExpiryWatch:
                 return
             self._handle.cancel()
         self._due = due
-        delay = max(0.0, due - time.time())
+        # at most a day ahead: a far-off exp re-arms when the timer fires early
+        delay = min(max(0.0, due - time.time()), 86400.0)
         self._handle = self.loop.call_at(self.loop.time() + delay, self._fire)
 
     def _fire(self) -> None:
