@@ -23,7 +23,7 @@ logger = logging.getLogger("fastws")
 
 _UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
           "h": 3600.0, "hour": 3600.0}
-_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]*?)s?\s*$")
+_SPEC = re.compile(r"^\s*(\d+)\s*(?:/\s*(\d*\.?\d*)\s*([a-z]*?)s?)?\s*$")
 ACTIONS = ("drop", "close", "log")
 NOTICE_INTERVAL = 1.0  # at most one error reply / log line per second per connection or limiter
 
@@ -78,9 +78,11 @@ class RateLimit:
         """
         if value is None or value is False or isinstance(value, RateLimit):
             return value or None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(value, 1.0)
         if isinstance(value, str):
             m = _SPEC.match(value.lower())
-            unit = m.group(3) if m else ""
+            unit = (m.group(3) or "") if m else ""
             if m is None or unit not in _UNITS:
                 raise ValueError(f"invalid rate {value!r} (expected like '10/60s', '100/s' or '5/min')")
             per = float(m.group(2)) if m.group(2) else 1.0
