@@ -532,3 +532,44 @@ async def test_client_dropping_while_backpressured_closes_backend_promptly(pair)
     writer.transport.abort()
     await wait_for(lambda: len(backend.connections) == 0, timeout=3)
     assert backend_close == [(1001, "client went away")]
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory):
+    import ssl
+
+    from tests.integration.test_tls import make_certificate
+
+    cert, key = make_certificate(tmp_path_factory.mktemp("proxy-tls"))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    return server_ctx, client_ctx
+
+
+async def test_wss_backend(serve, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    backend = await serve(info_handler, ssl=server_ctx)
+    assert backend.url.startswith("wss://")
+    front = await serve(Proxy(backend.url + "/tls", ssl=client_ctx))
+    async with fastws.connect(front.url + "/x?y=1") as ws:
+        await ws.send("info")
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["target"] == "/tls/x?y=1"
+        big = os.urandom(300_000)
+        await ws.send(big)
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == big
+    # a backend certificate the proxy does not trust: 502
+    untrusting = await serve(Proxy(backend.url))
+    with pytest.raises(fastws.InvalidHandshake) as info:
+        await fastws.connect(untrusting.url + "/")
+    assert info.value.status == 502
+
+
+async def test_fragmented_message_relayed_whole(pair):
+    _, front = await pair(info_handler)
+    async with fastws.connect(front.url + "/", compression=False) as ws:
+        await ws.send_frame(1, "frag", fin=False)
+        await ws.ping(b"in-between")  # a control frame between fragments
+        await ws.send_frame(0, "mented ", fin=False)
+        await ws.send_frame(0, "é", fin=True)
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "fragmented é"
