@@ -21,7 +21,7 @@ TIMEOUT = 5.0
 
 
 def token(sub: str = "alice", ttl: float = 60, key: str = SECRET, **claims) -> str:
-    body = {"sub": sub, "exp": int(time.time() + ttl)}
+    body = {"sub": sub, "exp": time.time() + ttl}
     body.update(claims)
     return jwt.encode(body, key, algorithm="HS256")
 
@@ -108,7 +108,7 @@ async def test_websockets_client_gets_401_and_then_connects(serve):
 async def test_expired_token_closes_with_1008(serve):
     auth = JWTAuth(SECRET)
     server = await serve(AuthEcho(auth))
-    exp = int(time.time()) + 1
+    exp = time.time() + 1.5
     ws = await fastws.connect(server.url + f"/?token={jwt.encode({'sub': 'dave', 'exp': exp}, SECRET)}")
     await ws.send("before")
     assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "dave: before"
@@ -120,7 +120,7 @@ async def test_expired_token_closes_with_1008(serve):
 
 async def test_websockets_client_sees_1008_on_expiry(serve):
     server = await serve(AuthEcho(JWTAuth(SECRET)))
-    async with websockets.connect(server.url + f"/?token={token(ttl=1)}") as ws:
+    async with websockets.connect(server.url + f"/?token={token(ttl=1.5)}") as ws:
         with pytest.raises(websockets.exceptions.ConnectionClosedError):
             await asyncio.wait_for(ws.recv(), TIMEOUT)
     assert ws.close_code == 1008
@@ -130,7 +130,7 @@ async def test_websockets_client_sees_1008_on_expiry(serve):
 async def test_refresh_keeps_the_connection_open(serve):
     auth = JWTAuth(SECRET)
     server = await serve(AuthEcho(auth))
-    first_exp = int(time.time()) + 1
+    first_exp = time.time() + 1.5
     async with fastws.connect(server.url + f"/?token={jwt.encode({'sub': 'erin', 'exp': first_exp}, SECRET)}") as ws:
         fresh = token("erin", ttl=120)
         await ws.send(json.dumps({"type": "auth", "token": fresh}, separators=(",", ":")))

@@ -56,7 +56,7 @@ class Served:
 
 
 def token(sub: str = "alice", ttl: float = 60, key: str = SECRET, **claims) -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time() + ttl), **claims}, key, algorithm="HS256")
+    return jwt.encode({"sub": sub, "exp": time.time() + ttl, **claims}, key, algorithm="HS256")
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,8 @@ async def test_auth_example_refuses(auth_example):
 
 
 async def test_auth_example_refresh_then_expiry(auth_example):
-    async with websockets.connect(auth_example.url + f"/?token={token('carol', ttl=1)}") as ws:
-        await ws.send(json.dumps({"type": "auth", "token": token("carol", ttl=2)}, separators=(",", ":")))
+    async with websockets.connect(auth_example.url + f"/?token={token('carol', ttl=1.5)}") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token("carol", ttl=2.5)}, separators=(",", ":")))
         reply = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
         assert reply["ok"] is True
         with pytest.raises(websockets.exceptions.ConnectionClosedError):
@@ -228,7 +228,7 @@ async def test_app_auth_with_jwtauth(serve):
     with pytest.raises(fastws.InvalidHandshake) as info:
         await fastws.connect(server.url + "/me")
     assert (info.value.status, info.value.body) == (401, b"Unauthorized")
-    async with fastws.connect(server.url + f"/me?token={token('dora', ttl=1)}") as ws:
+    async with fastws.connect(server.url + f"/me?token={token('dora', ttl=1.5)}") as ws:
         await ws.send("a")
         assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "dora:a"
         with pytest.raises(fastws.ConnectionClosedError):
@@ -248,7 +248,7 @@ async def test_app_auth_on_a_listener_route(serve):
                 ws.send(f"{ws.user['sub']}:{msg.text()}")
 
     server = await serve(app)
-    async with fastws.connect(server.url + f"/l?token={token('eve', ttl=1)}") as ws:
+    async with fastws.connect(server.url + f"/l?token={token('eve', ttl=1.5)}") as ws:
         await ws.send(json.dumps({"type": "auth", "token": token("eve", ttl=120)}, separators=(",", ":")))
         assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["ok"] is True
         await ws.send("b")
@@ -306,7 +306,7 @@ async def test_app_refresh_through_message_limits(serve):
             await ws.send(f"{ws.user['sub']}:{message}")
 
     server = await serve(app)
-    first_exp = int(time.time()) + 1
+    first_exp = time.time() + 1.5
     t = jwt.encode({"sub": "finn", "exp": first_exp}, SECRET, algorithm="HS256")
     async with fastws.connect(server.url + f"/?token={t}") as ws:
         await ws.send(json.dumps({"type": "auth", "token": token("finn", ttl=120)}, separators=(",", ":")))

@@ -123,7 +123,7 @@ async def test_path_query_and_forwarding_headers(pair):
     assert seen["target"] == "/rooms/a%20b?x=1&y=%C3%A9"
     assert seen["xff"] == ["127.0.0.1"]  # the client's own claim is dropped, not appended
     assert seen["real_ip"] == "127.0.0.1"
-    assert seen["fwd_host"] == "%s:%d" % front.address
+    assert seen["fwd_host"] == "{}:{}".format(*front.address)
     assert seen["custom"] == "from-proxy"
     assert seen["cookie"] == "session=abc"
 
