@@ -326,7 +326,7 @@ async def test_slow_client_backpressures_the_backend(pair):
     """A client that does not read makes the backend's sends wait; the proxy does not
     buffer the backend's whole output."""
     chunk = os.urandom(256 * 1024)
-    count = 120  # 30 MiB
+    count = 200  # 50 MiB: more than the socket buffers of both legs and the queues can hold
     progress = {"sent": 0}
 
     async def flood(ws):
@@ -393,7 +393,7 @@ async def test_slow_backend_backpressures_the_client(pair):
     """A backend that does not read makes the client's sends wait; the proxy stops reading
     from the client instead of buffering what it sends."""
     chunk = os.urandom(256 * 1024)
-    count = 120  # 30 MiB
+    count = 200  # 50 MiB: more than the socket buffers of both legs and the queues can hold
     release = asyncio.Event()
     got = []
 
@@ -415,7 +415,7 @@ async def test_slow_backend_backpressures_the_client(pair):
 
         task = asyncio.ensure_future(flood())
         await asyncio.sleep(0.5)
-        assert not task.done(), "the client sent 30 MiB although the backend reads nothing"
+        assert not task.done(), "the client sent 50 MiB although the backend reads nothing"
         assert sum(c.buffered_amount for c in front.connections) < 8 << 20
         release.set()
         await asyncio.wait_for(task, TIMEOUT)
