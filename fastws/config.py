@@ -43,7 +43,7 @@ from typing import Any
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 from fastws.guards import Firewall, RateLimit
 
@@ -195,6 +195,6 @@ def _check_guard_values(guards: dict[str, Any], source: str) -> None:
     try:
         Guards(**guards)
     except (ValueError, TypeError) as exc:
-        key = next((k for k in guards if k in str(exc)), None)
-        where = f"guards.{key}" if key else "[guards]"
+        named = next((k for k in guards if k in str(exc)), None)
+        where = f"guards.{named}" if named else "[guards]"
         raise ConfigError(f"{source}: {where}: {exc}") from None

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastws.exceptions import HandshakeError
-from fastws.guards.ip import IPNetwork, parse_ip, parse_networks
+from fastws.guards.ip import Networks, ip_bits
 from fastws.handshake import Request
 
 __all__ = ["Rule", "Firewall"]
@@ -35,7 +35,7 @@ class Rule:
         self.ip = ip
         self.path = path
         self.header = dict(header or {})
-        self._nets: list[IPNetwork] | None = parse_networks(ip, "firewall ip") if ip is not None else None
+        self._nets = Networks(ip, "firewall ip") if ip is not None else None
         paths = [path] if isinstance(path, str) else list(path) if path is not None else []
         self._path = re.compile("|".join(fnmatch.translate(p) for p in paths)) if paths else None
         self._headers = [(k.lower(), re.compile(fnmatch.translate(str(v)))) for k, v in self.header.items()]
@@ -56,10 +56,10 @@ class Rule:
         action = kw.pop("action")
         return cls(action, **kw)
 
-    def matches(self, ip: str, request: Request) -> bool:
+    def matches(self, ip: str, request: Request, bits: tuple[int, int] | None = None) -> bool:
+        """True when every condition holds (``bits``: ``ip`` parsed by :func:`ip_bits`, if known)."""
         if self._nets is not None:
-            addr = parse_ip(ip)
-            if addr is None or not any(addr.version == n.version and addr in n for n in self._nets):
+            if not self._nets.contains(bits if bits is not None else ip_bits(ip)):
                 return False
         if self._path is not None and not self._path.match(request.path):
             return False
@@ -106,8 +106,9 @@ class Firewall:
 
     def decide(self, ip: str, request: Request) -> str:
         """``"allow"`` or ``"deny"`` for this request."""
+        bits = ip_bits(ip)
         for rule in self.rules:
-            if rule.matches(ip, request):
+            if rule.matches(ip, request, bits):
                 return rule.action
         return self.default
 

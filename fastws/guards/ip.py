@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 
 from fastws.handshake import Request
 
-__all__ = ["TrustedProxies", "parse_ip", "parse_networks", "rate_key"]
+__all__ = ["TrustedProxies", "parse_ip", "parse_networks", "rate_key", "ip_bits", "Networks"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -30,6 +31,55 @@ def parse_ip(text: str) -> IPAddress | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+_V4_MAPPED = 0xFFFF << 32
+
+
+def ip_bits(text: str) -> tuple[int, int] | None:
+    """``(4 | 6, address as int)`` for a plain address (what a socket reports), or None.
+
+    ``inet_pton`` does the parsing in C: this is the hot path of every guard
+    that looks at the client IP. IPv4-mapped IPv6 addresses count as IPv4.
+    """
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, ValueError, TypeError):
+        pass
+    try:
+        n = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except (OSError, ValueError, TypeError):
+        ip = parse_ip(text)  # a port, brackets or a scope id
+        if ip is None:
+            return None
+        return ip.version, int(ip)
+    if n >> 32 == 0xFFFF:
+        return 4, n & 0xFFFFFFFF
+    return 6, n
+
+
+class Networks:
+    """A set of CIDRs matched with integer masks (no ipaddress objects per request)."""
+
+    __slots__ = ("networks", "_v4", "_v6")
+
+    def __init__(self, cidrs: Iterable[str] | str, what: str = "network") -> None:
+        self.networks = parse_networks(cidrs, what)
+        self._v4 = [(int(n.network_address), int(n.netmask)) for n in self.networks if n.version == 4]
+        self._v6 = [(int(n.network_address), int(n.netmask)) for n in self.networks if n.version == 6]
+
+    def contains(self, bits: tuple[int, int] | None) -> bool:
+        """True when the address (from :func:`ip_bits`) is in one of the networks."""
+        if bits is None:
+            return False
+        n = bits[1]
+        for net, mask in (self._v4 if bits[0] == 4 else self._v6):
+            if n & mask == net:
+                return True
+        return False
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
 
 
 def parse_networks(cidrs: Iterable[str] | str, what: str = "network") -> list[IPNetwork]:
@@ -71,24 +121,25 @@ class TrustedProxies:
         cidrs: the proxies' networks.
     """
 
-    __slots__ = ("networks",)
+    __slots__ = ("nets",)
 
     def __init__(self, cidrs: Iterable[str] | str = ()) -> None:
-        self.networks = parse_networks(cidrs, "trusted proxy")
+        self.nets = Networks(cidrs, "trusted proxy")
+
+    @property
+    def networks(self) -> list[IPNetwork]:
+        return self.nets.networks
 
     def trusted(self, ip: IPAddress | None) -> bool:
-        return ip is not None and any(ip.version == n.version and ip in n for n in self.networks)
+        return ip is not None and self.nets.contains((ip.version, int(ip)))
 
     def client_ip(self, request: Request) -> str:
         """The client's IP address as a string ('' when the peer is unknown)."""
         peer_name = request.remote_address[0] if request.remote_address else ""
-        if not self.networks:
-            return peer_name
-        peer = parse_ip(peer_name)
-        if not self.trusted(peer):
+        if not self.nets or not self.nets.contains(ip_bits(peer_name)):
             return peer_name
         hops = [h for v in request.headers.get_all("x-forwarded-for") for h in v.split(",")]
-        client = peer
+        client = parse_ip(peer_name)
         for hop in reversed(hops):
             ip = parse_ip(hop)
             if ip is None:  # garbage: trust nothing further left
@@ -99,4 +150,4 @@ class TrustedProxies:
         return str(client) if client is not None else peer_name
 
     def __bool__(self) -> bool:
-        return bool(self.networks)
+        return bool(self.nets)

@@ -8,6 +8,7 @@ import importlib
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,41 @@ def test_config_error_exit_code_from_the_command(tmp_path):
     assert proc.returncode == 2
     assert f"fastws: error: {cfg}: guards.queue_timeout must be a number of seconds" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_serve_tls_from_config_tls12_minimum(tmp_path):
+    import ssl
+
+    import websockets
+
+    from tests.integration.test_tls import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(f'[server]\nssl_certfile = "{cert}"\nssl_keyfile = "{key}"\n')
+    served = Served("examples.worker_echo:app", "--config", str(cfg))
+    try:
+        assert served.url.startswith("wss://")
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the minimum the server takes
+        async with websockets.connect(served.url + "/t", ssl=ctx, compression=None) as ws:
+            await ws.send("secure")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "Echo: secure"
+        old = ssl.create_default_context(cafile=cert)
+        with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises((ssl.SSLError, OSError)):
+            await asyncio.wait_for(websockets.connect(served.url + "/t", ssl=old, compression=None), TIMEOUT)
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, served.stop)
+
+
+def test_liveness_defaults():
+    server = fastws.serve(fastws.App(), "127.0.0.1", 0)
+    assert server.endpoint.ping_interval == 30.0
+    assert server.endpoint.idle_timeout == 100.0
+    assert server.endpoint.max_size == 1 << 20
+    tuned = fastws.serve(fastws.App(ping_interval=None, idle_timeout=5), "127.0.0.1", 0)
+    assert (tuned.endpoint.ping_interval, tuned.endpoint.idle_timeout) == (0.0, 5.0)
