@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastws import _protocol
 from fastws import handshake as _hs
 from fastws._protocol import Connection, Endpoint
 from fastws.client import parse_url
@@ -45,11 +44,6 @@ from fastws.server import Accept, compression_options
 __all__ = ["Proxy"]
 
 logger = logging.getLogger("fastws.proxy")
-
-# send() returns an instance of the engine's _Ready type when nothing needs waiting for, and a
-# future when the peer does not read (the write buffer is above write_limit). The type test is
-# the fast path; isfuture() decides when it fails (and alone, should the engine rename _Ready).
-_READY: Any = getattr(_protocol, "_Ready", None)
 
 #: request headers never forwarded (hop-by-hop, handshake, or set by the proxy)
 _DROP = frozenset({
@@ -83,36 +77,19 @@ class _Relay:
         self.paused_backend = False               # we paused reading from the backend
         self.opened = False
 
-    # ---- flow control: pause the source while the target's peer does not read
+    # ---- flow control: pause the source while the target's peer does not read.
+    # ws.pause_reading() is the application's own pause reason in the engine: the engine's
+    # reasons (a peer that does not read our writes, a full queue) combine with it.
 
     @staticmethod
     def _pause(conn: Any) -> None:
-        transport = conn.transport
-        if transport is not None:
-            try:
-                transport.pause_reading()
-            except (RuntimeError, OSError, AttributeError):  # closing
-                pass
+        conn.pause_reading()
 
     @staticmethod
     def _unpause(conn: Any) -> None:
-        transport = conn.transport
-        if transport is not None:
-            try:
-                transport.resume_reading()
-            except (RuntimeError, OSError, AttributeError):
-                pass
+        conn.resume_reading()
 
-    @staticmethod
-    def _resume(conn: Any) -> None:
-        transport = conn.transport
-        # when the source's own peer does not read either, the engine keeps it paused
-        # and resumes it itself once that drains
-        if transport is not None and conn.open and conn.buffered_amount <= conn.endpoint.write_limit:
-            try:
-                transport.resume_reading()
-            except (RuntimeError, OSError, AttributeError):
-                pass
+    _resume = _unpause
 
 
 class _ClientSide(Listener):
@@ -144,11 +121,10 @@ class _ClientSide(Listener):
         relay = self.relay
         backend = relay.backend
         try:
-            waiter = backend.send(msg)
+            backend.send(msg)
         except ConnectionClosed:
             return
-        if type(waiter) is not _READY and asyncio.isfuture(waiter):
-            # (again, if already paused: the engine may have resumed it for its own reasons)
+        if backend.writing_paused:
             relay.paused_client = True
             relay._pause(ws)
 
@@ -201,10 +177,10 @@ class _BackendSide(Listener):
                 relay._pause(ws)
             return
         try:
-            waiter = client.send(msg)
+            client.send(msg)
         except ConnectionClosed:
             return
-        if type(waiter) is not _READY and asyncio.isfuture(waiter):
+        if client.writing_paused:
             relay.paused_backend = True
             relay._pause(ws)
 
@@ -385,7 +361,6 @@ class Proxy:
             status = getattr(exc, "status", 0)
             logger.warning("fastws: backend %s unavailable for %s: %s", self.backend_url, request.path,
                            exc or type(exc).__name__)
-            _reading_after_refusal(ws)
             if 400 <= status < 500:
                 raise HandshakeError(status, _phrase(status)) from None
             raise HandshakeError(502, "Bad Gateway") from None
@@ -408,18 +383,6 @@ class Proxy:
                 relay.paused_backend = False
                 relay._unpause(relay.backend)
             relay.backend.close(1001, "client went away")
-
-
-def _reading_after_refusal(ws: Connection) -> None:
-    """Work around the engine: while an asynchronous accept hook runs, the client's reading is
-    paused, and a refusal does not resume it, so the half-closed connection would not see the
-    client's FIN and would linger until ``close_timeout``. Resume it before refusing."""
-    transport = ws.transport
-    if transport is not None:
-        try:
-            transport.resume_reading()
-        except (RuntimeError, OSError, AttributeError):
-            pass
 
 
 def _phrase(status: int) -> str:
