@@ -21,7 +21,6 @@ connection until it resolves).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -299,12 +298,6 @@ class App:
         Raises:
             HandshakeError: the request is refused (403, 404, 405, 429, ...).
         """
-        result = self._accept(ws, request)
-        if _awaitable(result):
-            return _settle(ws, result)
-        return result
-
-    def _accept(self, ws: Any, request: Request) -> Any:
         scope = request.scope
         matched = self._router.match(request.path)
         entry: _Endpoint | None = matched[0] if matched is not None else None
@@ -408,41 +401,6 @@ class App:
         if waiting is None:
             return spec
         return _chain(waiting, lambda _: spec)
-
-
-async def _settle(ws: Any, pending: Awaitable[Any]) -> Any:
-    """Await an asynchronous acceptance; when it refuses, let the connection read again.
-
-    Workaround for the engine: after an asynchronous accept hook refuses (a
-    Response or a HandshakeError), reading stays paused, so the half-closed
-    connection does not see the client's EOF and lingers for close_timeout.
-    Reading is resumed once the engine has written the refusal (two loop turns:
-    the engine handles the result in the task's done callback).
-    """
-    try:
-        result = await pending
-    except Exception:  # HandshakeError, or a bug answered with 500
-        _resume_soon(ws)
-        raise
-    if isinstance(result, Response):
-        _resume_soon(ws)
-    return result
-
-
-def _resume_soon(ws: Any) -> None:
-    if ws is None:
-        return
-    loop = asyncio.get_running_loop()
-    loop.call_soon(loop.call_soon, _resume_reading, ws)
-
-
-def _resume_reading(ws: Any) -> None:
-    transport = getattr(ws, "transport", None)
-    if transport is not None and ws.state == "CLOSING":
-        try:
-            transport.resume_reading()
-        except Exception:  # closing already
-            pass
 
 
 def _server_options() -> set[str]:
