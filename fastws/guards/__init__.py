@@ -185,6 +185,22 @@ class Guards:
             return None
         return self.caps.acquire(ws, str(request.scope.get("client_ip", "")))
 
+    def stats(self) -> dict[str, int]:
+        """Counters of the live state (for metrics): buckets kept, requests over the connection
+        rate, messages over the message rates, open and waiting connections."""
+        out: dict[str, int] = {}
+        if self.conn_rate is not None:
+            t = self.conn_rate.table
+            out.update(connection_rate_buckets=len(t), connection_rate_limited=t.limited,
+                       connection_rate_evicted=t.evicted + t.forced)
+        if self.messages is not None:
+            out["messages_over_limit"] = self.messages.over
+            if self.messages.users is not None:
+                out["user_buckets"] = len(self.messages.users)
+        if self.caps is not None:
+            out.update(connections=self.caps.total, connections_waiting=self.caps.waiting)
+        return out
+
     def __repr__(self) -> str:
         on = [k for k, v in self.settings.items() if v not in (None, (), DEFAULTS[k])]
         return f"<Guards {', '.join(on) or 'off'}>"

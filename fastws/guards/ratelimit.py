@@ -160,7 +160,7 @@ class MessageLimits:
         max_entries: cap on the per-user buckets kept.
     """
 
-    __slots__ = ("per_connection", "per_user", "users", "_bucket_args")
+    __slots__ = ("per_connection", "per_user", "users", "_bucket_args", "logged_at", "over")
 
     def __init__(self, per_connection: RateLimit | None, per_user: RateLimit | None,
                  max_entries: int = 100_000) -> None:
@@ -168,6 +168,8 @@ class MessageLimits:
         self.per_user = per_user
         self.users = BucketTable(per_user.rate, per_user.burst, max_entries, per_user.ban) if per_user else None
         self._bucket_args = (per_connection.rate, per_connection.burst) if per_connection else None
+        self.logged_at = -1e9  # log mode: one line a second for all connections together
+        self.over = 0          # messages over a limit (all connections, every action)
 
     def gate(self, user: Any) -> MessageGate | None:
         """A new gate for one connection of ``user`` (None when no limit applies)."""
@@ -242,10 +244,13 @@ class LimitedConnection:
 def _over_limit(ws: Any, gate: MessageGate, limits: MessageLimits) -> bool:
     """Apply the action for a refused message. True: deliver it anyway (log mode)."""
     limit = limits.action_for(gate)
+    limits.over += 1
     if limit.action == "log":
-        if gate.notice_due(NOTICE_INTERVAL):
-            logger.warning("fastws: message rate exceeded on %s (%d over the limit so far)",
-                           ws.remote_address, gate.limited)
+        now = monotonic()
+        if now - limits.logged_at >= NOTICE_INTERVAL:
+            limits.logged_at = now
+            logger.warning("fastws: message rate exceeded on %s (%d messages over the limits so far)",
+                           ws.remote_address, limits.over)
         return True
     if limit.action == "close":
         if ws.open:

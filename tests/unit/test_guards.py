@@ -139,3 +139,13 @@ def test_connection_rate_log_mode_only_counts():
     for _ in range(5):
         g.check_request(req("/"))
     assert g.conn_rate.table.limited == 4
+
+
+def test_stats():
+    g = Guards(connection_rate="1/60s", message_rate="5/s", user_message_rate="5/s", max_connections=3)
+    g.check_request(req("/"))
+    with pytest.raises(fastws.HandshakeError):
+        g.check_request(req("/"))
+    assert g.stats() == {"connection_rate_buckets": 1, "connection_rate_limited": 1, "connection_rate_evicted": 0,
+                         "messages_over_limit": 0, "user_buckets": 0, "connections": 0, "connections_waiting": 0}
+    assert Guards().stats() == {}
