@@ -166,6 +166,18 @@ class Guards:
             spec.listener = LimitedListener(spec.listener, limits, on_open)
             return
         handler = spec.handler
+        if on_open is None and limits is not None:
+            # the common case: no coroutine of ours around the handler, the gate made now
+            gate = limits.gate(spec.user)
+            if gate is None:
+                return
+            lim = limits
+
+            def limited(ws: Any) -> Any:
+                return handler(LimitedConnection(ws, gate, lim))
+
+            spec.handler = limited
+            return
 
         async def guarded(ws: Any) -> None:
             if on_open is not None:
