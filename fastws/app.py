@@ -351,8 +351,8 @@ class App:
 
         def finish(result: Any) -> Response:
             resp = to_response(result)
-            if head and resp.body:
-                resp = Response(resp.status, b"", resp.headers, resp.content_type)
+            if head:
+                return _HeadResponse(resp.status, resp.body, resp.headers, resp.content_type)
             return resp
         return _then(handler(request), finish)
 
@@ -408,6 +408,14 @@ def _server_options() -> set[str]:
 
     params = inspect.signature(Server.__init__).parameters
     return {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"accept"}
+
+
+class _HeadResponse(Response):
+    """The GET response's head (its Content-Length included) without the body, for HEAD."""
+
+    def to_bytes(self, keep_alive: bool = False) -> bytes:
+        head, _, _ = Response.to_bytes(self, keep_alive).partition(b"\r\n\r\n")
+        return head + b"\r\n\r\n"
 
 
 def _has_body(request: Request) -> bool:
