@@ -45,6 +45,7 @@ from fastws._frames cimport (
     fastws_scratch, FASTWS_SCRATCH_SIZE, build_frame_c, write_header, valid_close_code, recycle_buffer,
 )
 from cpython.ref cimport Py_REFCNT
+from fastws._limits cimport MessageGate
 from fastws._frames import pool_trim
 
 import asyncio
@@ -972,6 +973,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         bint _counted_end               # counted as failed or closed already
         double _established_at
         double _handed_at               # queue mode: when the message the app is handling was read
+        MessageGate _gate               # per-message rate limit checked before dispatch, or None
+        object _gate_over               #: callable(ws) -> bool: a message is over the limit; True delivers it
         bint _write_copies              # the transport copies what it cannot send at once (aiofastnet)
         SocketTransport _sock           # our own socket transport (C-level writes), or None
         object _hs                      #: ServerHandshake / ClientHandshake during the handshake
@@ -1105,6 +1108,22 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         else:
             self._write(frame)
         return 0
+
+    def set_message_gate(self, MessageGate gate, object on_over=None):
+        """Check every incoming message against ``gate`` (a ``fastws._limits.MessageGate``) in the
+        engine, before it is dispatched. Over the limit, ``on_over(ws)`` decides: True delivers
+        the message anyway (log mode), False drops it (the policy may send a notice), and a
+        ``(code, reason)`` tuple drops it and closes the connection with that code once the
+        messages read before it have been handled. ``gate=None`` removes the check."""
+        if gate is not None and on_over is None:
+            raise TypeError("set_message_gate needs an on_over policy")
+        self._gate = gate
+        self._gate_over = on_over
+
+    @property
+    def message_gate(self):
+        """The MessageGate set with :meth:`set_message_gate`, or None."""
+        return self._gate
 
     def pause_reading(self):
         """Stop reading from the peer until :meth:`resume_reading` (flow control for proxies and
@@ -1623,6 +1642,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             self._auto_ts = ts.tv_sec + ts.tv_nsec * 1e-9
             st.auto_responses += 1
             return 0
+        if self._gate is not None and self._gate.check() > 0:
+            if not self._over_limit():
+                return 0
+            if self._input_closed:  # the policy failed the connection
+                return 0
         if self._listener is not None:
             msg = Message.new(parser.ev_opcode, parser.ev_ptr, parser.ev_len, owner)
             try:
@@ -1650,6 +1674,20 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             item = PyBytes_FromStringAndSize(<char*>parser.ev_ptr, parser.ev_len)
         self._enqueue(item)
         return 0
+
+    cdef bint _over_limit(self):
+        """A message is over the gate's limit: ask the policy. True: deliver it."""
+        try:
+            verdict = self._gate_over(self)
+        except Exception as exc:
+            logger.error("fastws: error in a message limit policy", exc_info=exc)
+            return False
+        if type(verdict) is tuple:
+            # (code, reason): fail the connection behind the messages already queued, so the
+            # application still handles (and answers) every message that was within the limit
+            self._fail(verdict[0], verdict[1])
+            return False
+        return bool(verdict)
 
     cdef void _enqueue(self, object item):
         cdef object w = self._waiter

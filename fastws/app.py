@@ -396,7 +396,7 @@ class App:
         if spec.data is None and request.scope.get("params"):
             spec.data = dict(request.scope["params"])  # type: ignore[call-overload]
         on_open = getattr(auth, "on_open", None) if auth is not None else None
-        guards.wrap(spec, on_open)
+        guards.wrap(spec, on_open, ws)
         waiting = guards.acquire(ws, request)
         if waiting is None:
             return spec

@@ -69,7 +69,7 @@ def user_id(claims: Mapping[str, Any] | None) -> Any:
 
 
 def _engine_connection(ws: Any) -> Any:
-    """The engine's Connection behind a wrapper (the guards' LimitedConnection has ``.connection``)."""
+    """The engine's Connection behind a wrapper that has ``.connection``, else ``ws`` itself."""
     inner = getattr(ws, "connection", None)
     return inner if inner is not None else ws
 

@@ -18,7 +18,6 @@ from fastws.guards.ip import TrustedProxies, rate_key
 from fastws.guards.origin import OriginGuard
 from fastws.guards.ratelimit import (
     ConnectionRateLimiter,
-    LimitedConnection,
     LimitedListener,
     MessageLimits,
     RateLimit,
@@ -35,7 +34,6 @@ __all__ = [
     "RateLimit",
     "ConnectionRateLimiter",
     "MessageLimits",
-    "LimitedConnection",
     "LimitedListener",
 ]
 
@@ -157,36 +155,33 @@ class Guards:
         if self.origin is not None:
             self.origin.check(request)
 
-    def wrap(self, spec: Any, on_open: Any = None) -> None:
-        """Put the message limits and ``on_open`` around an Accept's handler or listener."""
+    def wrap(self, spec: Any, on_open: Any = None, ws: Any = None) -> None:
+        """Set the message limits on the connection (checked in the engine, before dispatch) and
+        put ``on_open`` around an Accept's handler or listener."""
         limits = self.messages
+        if limits is not None and ws is not None:
+            # the gate goes on the engine's connection now, so it also sees the
+            # messages that arrive together with the handshake
+            gate = limits.gate(spec.user)
+            if gate is not None:
+                ws.set_message_gate(gate, limits.policy)
+            limits = None
         if limits is None and on_open is None:
             return
         if spec.listener is not None:
             spec.listener = LimitedListener(spec.listener, limits, on_open)
             return
         handler = spec.handler
-        if on_open is None and limits is not None:
-            # the common case: no coroutine of ours around the handler, the gate made now
-            gate = limits.gate(spec.user)
-            if gate is None:
-                return
-            lim = limits
-
-            def limited(ws: Any) -> Any:
-                return handler(LimitedConnection(ws, gate, lim))
-
-            spec.handler = limited
-            return
 
         async def guarded(ws: Any) -> None:
             if on_open is not None:
                 result = on_open(ws)
                 if hasattr(result, "__await__"):
                     await result
-            gate = limits.gate(ws.user) if limits is not None else None
-            if gate is not None and limits is not None:
-                ws = LimitedConnection(ws, gate, limits)
+            if limits is not None:
+                gate = limits.gate(ws.user)
+                if gate is not None:
+                    ws.set_message_gate(gate, limits.policy)
             await handler(ws)
 
         spec.handler = guarded

@@ -18,7 +18,7 @@ from fastws._limits import BucketTable, MessageGate, TokenBucket, monotonic
 from fastws.connection import Listener
 from fastws.exceptions import ConnectionClosedError, HandshakeError
 
-__all__ = ["RateLimit", "ConnectionRateLimiter", "MessageLimits", "LimitedConnection", "LimitedListener"]
+__all__ = ["RateLimit", "ConnectionRateLimiter", "MessageLimits", "LimitedListener"]
 
 logger = logging.getLogger("fastws")
 
@@ -181,6 +181,10 @@ class MessageLimits:
             return MessageGate(None, 0.0, self.users, key)
         return MessageGate(TokenBucket(*args), self.per_connection.ban, self.users, key)  # type: ignore[union-attr]
 
+    def policy(self, ws: Any) -> Any:
+        """The engine's over-limit callback for ``ws`` (see ``Connection.set_message_gate``)."""
+        return _over_limit(ws, ws.message_gate, self)
+
     def action_for(self, gate: MessageGate) -> RateLimit:
         """The RateLimit whose action applies when ``gate`` refuses (the connection's first)."""
         c = self.per_connection
@@ -189,60 +193,15 @@ class MessageLimits:
         return self.per_user or c  # type: ignore[return-value]
 
 
-class LimitedConnection:
-    """What a handler gets as ``ws`` when message limits apply: the real
-    connection, with ``recv()`` and ``async for`` passing messages through the gate.
+def _over_limit(ws: Any, gate: MessageGate, limits: MessageLimits) -> Any:
+    """Apply the action for a refused message: True delivers it anyway (log mode), False drops
+    it, ``(1008, reason)`` drops it and closes the connection behind the messages already read.
 
-    Every other attribute is the connection's own. Over the limit, depending on
-    the limit's action: ``drop`` skips the message and sends the limit's error
-    text (at most once a second); ``close`` closes with 1008 and ends the
-    handler's ``recv``/``async for`` with ``ConnectionClosedError``; ``log`` logs
-    (at most once a second) and delivers the message.
+    Called by the engine (``ws.set_message_gate``) inside the read callback: it never raises.
+    ``drop`` skips the message and sends the limit's error text (at most once a second);
+    ``close`` closes with 1008 (the handler's ``recv``/``async for`` then ends with
+    ``ConnectionClosedError``); ``log`` logs (at most once a second) and delivers the message.
     """
-
-    __slots__ = ("_ws", "_gate", "_limits", "send")
-
-    def __init__(self, ws: Any, gate: MessageGate, limits: MessageLimits) -> None:
-        object.__setattr__(self, "_ws", ws)
-        object.__setattr__(self, "_gate", gate)
-        object.__setattr__(self, "_limits", limits)
-        # the hot method as a slot: no __getattr__ call per send
-        object.__setattr__(self, "send", ws.send)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ws, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._ws, name, value)
-
-    def __repr__(self) -> str:
-        return f"<LimitedConnection {self._ws!r}>"
-
-    @property
-    def connection(self) -> Any:
-        """The engine's Connection."""
-        return self._ws
-
-    def __aiter__(self) -> LimitedConnection:
-        return self
-
-    async def __anext__(self) -> Any:
-        ws = self._ws
-        while True:
-            message = await ws.__anext__()
-            if not self._gate.check() or _over_limit(ws, self._gate, self._limits):
-                return message
-
-    async def recv(self) -> Any:
-        ws = self._ws
-        while True:
-            message = await ws.recv()
-            if not self._gate.check() or _over_limit(ws, self._gate, self._limits):
-                return message
-
-
-def _over_limit(ws: Any, gate: MessageGate, limits: MessageLimits) -> bool:
-    """Apply the action for a refused message. True: deliver it anyway (log mode)."""
     limit = limits.action_for(gate)
     limits.over += 1
     if limit.action == "log":
@@ -253,9 +212,7 @@ def _over_limit(ws: Any, gate: MessageGate, limits: MessageLimits) -> bool:
                            ws.remote_address, limits.over)
         return True
     if limit.action == "close":
-        if ws.open:
-            ws.close(1008, "Rate limit exceeded")
-        raise ConnectionClosedError(1008, "Rate limit exceeded")
+        return (1008, "Rate limit exceeded")
     if gate.notice_due(NOTICE_INTERVAL) and ws.open:
         try:
             ws.send(limit.message)
@@ -265,21 +222,24 @@ def _over_limit(ws: Any, gate: MessageGate, limits: MessageLimits) -> bool:
 
 
 class LimitedListener(Listener):
-    """Wraps a listener: calls ``on_open(ws)`` before its ``on_connect``, and
-    passes each message through the connection's gate (see :class:`LimitedConnection`)."""
+    """Wraps a listener: calls ``on_open(ws)`` before its ``on_connect`` and, when
+    ``limits`` are given, sets the connection's message gate there (the engine
+    checks it before each ``on_message``)."""
 
-    __slots__ = ("inner", "limits", "on_open", "gate", "open_task")
+    __slots__ = ("inner", "limits", "on_open", "open_task")
 
     def __init__(self, inner: Any, limits: MessageLimits | None, on_open: Any = None) -> None:
         self.inner = inner
         self.limits = limits
         self.on_open = on_open
-        self.gate: MessageGate | None = None
         self.open_task: asyncio.Future[Any] | None = None
 
     def on_connect(self, ws: Any) -> None:
-        if self.limits is not None:
-            self.gate = self.limits.gate(ws.user)
+        limits = self.limits
+        if limits is not None:
+            gate = limits.gate(ws.user)
+            if gate is not None:
+                ws.set_message_gate(gate, limits.policy)
         if self.on_open is not None:
             result = self.on_open(ws)
             if inspect.isawaitable(result):
@@ -291,9 +251,6 @@ class LimitedListener(Listener):
             cb(ws)
 
     def on_message(self, ws: Any, msg: Any) -> None:
-        gate = self.gate
-        if gate is not None and gate.check() and not _listener_over(ws, gate, self.limits):
-            return
         self.inner.on_message(ws, msg)
 
     def on_ping(self, ws: Any, payload: bytes) -> None:
@@ -306,14 +263,12 @@ class LimitedListener(Listener):
         if cb is not None:
             cb(ws, code, reason)
 
+    def on_pause_writing(self, ws: Any) -> None:
+        cb = getattr(self.inner, "on_pause_writing", None)
+        if cb is not None:
+            cb(ws)
+
     def on_drain(self, ws: Any) -> None:
         cb = getattr(self.inner, "on_drain", None)
         if cb is not None:
             cb(ws)
-
-
-def _listener_over(ws: Any, gate: MessageGate, limits: Any) -> bool:
-    try:
-        return _over_limit(ws, gate, limits)
-    except ConnectionClosedError:
-        return False

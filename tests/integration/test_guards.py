@@ -213,7 +213,9 @@ async def test_message_rate_drop_sends_error(serve):
         for i in range(5):
             await ws.send(f"m{i}")
         got = [await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(4)]
-        assert got == ["m0", "m1", "m2", "Rate limit exceeded"]  # one notice; m3 and m4 dropped
+        # the engine checks each message as it is read: the notice may overtake the echoes
+        assert [m for m in got if m != "Rate limit exceeded"] == ["m0", "m1", "m2"]
+        assert got.count("Rate limit exceeded") == 1  # one notice; m3 and m4 dropped
         assert ws.open
 
 
@@ -359,8 +361,9 @@ async def test_message_ban_outlasts_the_refill(serve):
         for i in range(5):
             ws.send(f"m{i}")
         await ws.send("flush")
-        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "m0"
-        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "Rate limit exceeded"
+        # the engine checks each message as it is read: the notice may overtake the echo
+        got = {await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(2)}
+        assert got == {"m0", "Rate limit exceeded"}
         await asyncio.sleep(0.2)
         await ws.send("after the refill")
         with pytest.raises(asyncio.TimeoutError):
