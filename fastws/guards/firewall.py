@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastws.exceptions import HandshakeError
+from fastws.metrics import recorder
 from fastws.guards.ip import Networks, ip_bits
 from fastws.handshake import Request
 
@@ -115,4 +116,5 @@ class Firewall:
     def check(self, ip: str, request: Request) -> None:
         """Raises ``HandshakeError(403)`` when the request is denied."""
         if self.decide(ip, request) == "deny":
+            recorder.guard("blocked", "firewall")
             raise HandshakeError(403, "Forbidden")

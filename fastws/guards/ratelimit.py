@@ -16,6 +16,7 @@ from typing import Any
 from fastws._limits import BucketTable, MessageGate, TokenBucket, monotonic
 from fastws.connection import Listener
 from fastws.exceptions import ConnectionClosedError, HandshakeError
+from fastws.metrics import recorder
 
 __all__ = ["RateLimit", "ConnectionRateLimiter", "MessageLimits", "LimitedConnection", "LimitedListener"]
 
@@ -131,6 +132,7 @@ class ConnectionRateLimiter:
         """Raises ``HandshakeError(429)`` when ``key`` (a client IP key) is over the limit."""
         wait = self.table.hit(key)
         if wait:
+            recorder.guard("rate_limited", "connection_rate")
             if self.limit.action == "log":
                 now = monotonic()
                 if now - self._logged >= NOTICE_INTERVAL:
@@ -237,6 +239,7 @@ class LimitedConnection:
 def _over_limit(ws: Any, gate: MessageGate, limits: MessageLimits) -> bool:
     """Apply the action for a refused message. True: deliver it anyway (log mode)."""
     limit = limits.action_for(gate)
+    recorder.guard("rate_limited", "message_rate" if limit is limits.per_connection else "user_message_rate")
     if limit.action == "log":
         if gate.notice_due(NOTICE_INTERVAL):
             logger.warning("fastws: message rate exceeded on %s (%d over the limit so far)",
