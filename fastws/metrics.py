@@ -147,7 +147,7 @@ class Recorder:
         for op, lat in self._storage_lat.items():
             acc = 0
             buckets = []
-            for bound, n in zip((*STORAGE_BOUNDS, float("inf")), lat[:-1]):
+            for bound, n in zip((*STORAGE_BOUNDS, float("inf")), lat[:-1], strict=False):
                 acc += int(n)
                 buckets.append((bound, acc))
             out[op] = (buckets, lat[-1], acc)
@@ -189,7 +189,7 @@ def quantile(buckets: list[tuple[float, int]] | list[list[float]], q: float) -> 
 def _delta_buckets(now: list[Any], before: list[Any] | None) -> list[tuple[float, int]]:
     if not before:
         return [(b, c) for b, c in now]
-    return [(b, c - c0) for (b, c), (_, c0) in zip(now, before)]
+    return [(b, c - c0) for (b, c), (_, c0) in zip(now, before, strict=False)]
 
 
 # ---------------------------------------------------------------- access log
@@ -355,7 +355,7 @@ class Observability:
         self._plain(request)
         self._authorize(request)
         if self._page is None:
-            self._page = resources.files("fastws").joinpath("static", "dashboard.html").read_bytes()
+            self._page = resources.files("fastws").joinpath("static/dashboard.html").read_bytes()
         return Response(200, self._page, [("Cache-Control", "no-store"),
                                           ("Content-Security-Policy",
                                            "default-src 'self'; img-src data:; script-src 'unsafe-inline'; "
@@ -403,7 +403,7 @@ class Observability:
                     if h is None:
                         total[k] = {"buckets": list(v["buckets"]), "sum": v["sum"], "count": v["count"]}
                     else:
-                        h["buckets"] = [(b, c + c2) for (b, c), (_, c2) in zip(h["buckets"], v["buckets"])]
+                        h["buckets"] = [(b, c + c2) for (b, c), (_, c2) in zip(h["buckets"], v["buckets"], strict=False)]
                         h["sum"] += v["sum"]
                         h["count"] += v["count"]
         return total
@@ -466,8 +466,8 @@ class Observability:
 
     def render_prometheus(self, accept: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
         """The Prometheus exposition (text format) and its response headers."""
-        from aioprometheus import Counter, Gauge, Histogram, Registry
         from aioprometheus import histogram as _histogram
+        from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
         from aioprometheus.renderer import render
 
         st = self.engine_stats()

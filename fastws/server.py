@@ -254,7 +254,8 @@ class Server:
         except HandshakeError as exc:
             log_access(request, exc.status, None, started)
             return
-        ws.wait_closed().add_done_callback(lambda _f: log_access(request, 101, ws.close_code, started))
+        closed: Any = ws.wait_closed()  # a future
+        closed.add_done_callback(lambda _f: log_access(request, 101, ws.close_code, started))
 
     def _factory(self) -> Connection:
         return Connection(self.endpoint)

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastws.exceptions import HandshakeError
-from fastws.metrics import recorder
 from fastws.guards.ip import Networks, ip_bits
 from fastws.handshake import Request
+from fastws.metrics import recorder
 
 __all__ = ["Rule", "Firewall"]
 

@@ -7,8 +7,8 @@ import re
 from collections.abc import Iterable
 
 from fastws.exceptions import HandshakeError
-from fastws.metrics import recorder
 from fastws.handshake import Request
+from fastws.metrics import recorder
 
 __all__ = ["OriginGuard"]
 

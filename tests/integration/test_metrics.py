@@ -255,3 +255,25 @@ async def test_access_log_plain_and_json(serve, caplog):
     assert {k: line[k] for k in ("client", "path", "status", "close_code")} == {
         "client": "127.0.0.1", "path": "/chat", "status": 101, "close_code": 1000}
     assert line["logger"] == "fastws.access" and line["time"].endswith("Z")
+
+
+async def test_fastws_serve_flags(tmp_path):
+    """``fastws serve`` with the observability flags, in a subprocess; access lines on stderr."""
+    from tests.integration.test_examples_guards import Served
+
+    served = Served("examples.echo:app", "--metrics-token", "tok", "--dashboard", "--metrics-path", "/prom",
+                    "--drain-delay", "0.1")
+    try:
+        host, port = served.url.removeprefix("ws://").rsplit(":", 1)
+        address = (host, int(port))
+        assert (await http_get(address, "/prom"))[0] == 401
+        status, _, body = await http_get(address, "/prom", {"Authorization": "Bearer tok"})
+        assert status == 200 and b"fastws_connections_active" in body
+        assert (await http_get(address, "/dashboard?token=tok"))[0] == 200
+        async with fastws.connect(served.url + "/x") as c:
+            await c.send("hi")
+            assert await c.recv() == "hi"
+    finally:
+        served.stop()
+    err = served.proc.stderr.read()
+    assert '"GET /prom" 401 -' in err and '"GET /x" 101 1000' in err
