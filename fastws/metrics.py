@@ -251,6 +251,22 @@ def log_access(request: Request, status: int, close_code: int | None, started: f
 _TEXT = "text/plain; charset=utf-8"
 
 
+def _http_route(fn: Callable[[Any, Request], Response]) -> Callable[[Any, Request], Response]:
+    """GET and HEAD (the same response without its body) only; no upgrades."""
+
+    def route(ws: Any, request: Request) -> Response:
+        if request.is_websocket:
+            raise HandshakeError(400, "HTTP endpoint only")
+        if request.method not in ("GET", "HEAD"):
+            raise HandshakeError(405, "Method Not Allowed", [("Allow", "GET, HEAD")])
+        response = fn(ws, request)
+        if request.method == "HEAD":
+            return Response(response.status, b"", response.headers, response.content_type)
+        return response
+
+    return route
+
+
 class Observability:
     """The observability endpoints of one server, answered before the app sees a request.
 
@@ -288,15 +304,16 @@ class Observability:
         self.metrics_path = metrics_path
         self.dashboard_path = dashboard_path.rstrip("/") or "/dashboard"
         self.routes: dict[str, Callable[[Any, Request], Any]] = {}
+        http = _http_route
         if metrics:
-            self.routes[metrics_path] = self._metrics
-            self.routes[analytics_path] = self._analytics
+            self.routes[metrics_path] = http(self._metrics)
+            self.routes[analytics_path] = http(self._analytics)
         if dashboard:
-            self.routes[self.dashboard_path] = self._dashboard
+            self.routes[self.dashboard_path] = http(self._dashboard)
             self.routes[self.dashboard_path + "/ws"] = self._feed
         if health:
-            self.routes["/healthz"] = self._healthz
-            self.routes["/readyz"] = self._readyz
+            self.routes["/healthz"] = http(self._healthz)
+            self.routes["/readyz"] = http(self._readyz)
         self._page: bytes | None = None
 
     # ------------------------------------------------------------ routing
@@ -323,36 +340,25 @@ class Observability:
         if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
             raise HandshakeError(401, "Unauthorized", [("WWW-Authenticate", "Bearer")])
 
-    def _plain(self, request: Request) -> None:
-        if request.is_websocket:
-            raise HandshakeError(400, "HTTP endpoint only")
-        if request.method not in ("GET", "HEAD"):
-            raise HandshakeError(405, "Method Not Allowed", [("Allow", "GET, HEAD")])
-
     def _healthz(self, ws: Any, request: Request) -> Response:
-        self._plain(request)
         return Response(200, "ok\n", [("Cache-Control", "no-store")])
 
     def _readyz(self, ws: Any, request: Request) -> Response:
-        self._plain(request)
         if self._ready():
             return Response(200, "ready\n", [("Cache-Control", "no-store")])
         return Response(503, "draining\n", [("Cache-Control", "no-store")])
 
     def _metrics(self, ws: Any, request: Request) -> Response:
-        self._plain(request)
         self._authorize(request)
         body, headers = self.render_prometheus(request.headers.get_all("accept"))
         return Response(200, body, list(headers.items()), content_type=headers.get("Content-Type", _TEXT))
 
     def _analytics(self, ws: Any, request: Request) -> Response:
-        self._plain(request)
         self._authorize(request)
         return Response(200, orjson.dumps(self.analytics()), [("Cache-Control", "no-store")],
                         content_type="application/json")
 
     def _dashboard(self, ws: Any, request: Request) -> Response:
-        self._plain(request)
         self._authorize(request)
         if self._page is None:
             self._page = resources.files("fastws").joinpath("static/dashboard.html").read_bytes()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import fastws
 from tests.browser.conftest import watch_console
 
@@ -15,7 +17,7 @@ async def echo(ws):
 
 
 async def test_dashboard_shows_live_numbers(serve, browser, tmp_path):
-    app = fastws.App(connection_rate="1000/s")
+    app = fastws.App(connection_rate="1000/s", origins=["https://ok.example"])
     app.websocket("/echo")(echo)
     server = await serve(app, dashboard=True, metrics_token="t0ken")
     server.observability.interval = 0.1
@@ -27,7 +29,10 @@ async def test_dashboard_shows_live_numbers(serve, browser, tmp_path):
     await page.goto(f"http://{host}:{port}/dashboard?token=t0ken")
     await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=10_000)
     before = int(await page.text_content("#received"))
-    clients = [await fastws.connect(server.url + "/echo") for _ in range(3)]
+    with pytest.raises(fastws.InvalidHandshake):  # a guard hit and a refusal for the page to show
+        await fastws.connect(server.url + "/echo", headers={"Origin": "https://evil.example"})
+    clients = [await fastws.connect(server.url + "/echo", headers={"Origin": "https://ok.example"})
+               for _ in range(3)]
     try:
         for _ in range(15):                    # bounded: 15 rounds of 3 x 20 messages
             for c in clients:
@@ -40,6 +45,9 @@ async def test_dashboard_shows_live_numbers(serve, browser, tmp_path):
                                      timeout=10_000)
         await page.wait_for_function("+document.getElementById('active').textContent >= 4", timeout=10_000)
         assert float(await page.text_content("#msgrate")) >= 0
+        await page.wait_for_function("document.getElementById('guards').textContent.includes('origin_rejected')",
+                                     timeout=10_000)
+        assert "403" in await page.text_content("#refused")
         shot = tmp_path / "dashboard.png"
         await page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000

@@ -277,3 +277,19 @@ async def test_fastws_serve_flags(tmp_path):
         served.stop()
     err = served.proc.stderr.read()
     assert '"GET /prom" 401 -' in err and '"GET /x" 101 1000' in err
+
+
+async def test_observability_paths_take_get_and_head_only(serve):
+    server = await serve(echo)
+    reader, writer = await asyncio.open_connection(*server.address)
+    writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\n")
+    reader, writer = await asyncio.open_connection(*server.address)
+    writer.write(b"DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 405") and b"Allow: GET, HEAD" in data
+    with pytest.raises(fastws.InvalidHandshake):
+        await fastws.connect(server.url + "/metrics")
