@@ -87,3 +87,16 @@ def test_json_access_formatter():
     line = json.loads(JSONAccessFormatter().format(record))
     assert line["message"] == '1.2.3.4 "GET /x" 404' and line["status"] == 404 and line["close_code"] is None
     assert line["level"] == "INFO" and line["time"].endswith("Z")
+
+
+def test_config_file_takes_the_observability_options(tmp_path):
+    from fastws.config import ConfigError, load_config
+
+    cfg = tmp_path / "fastws.toml"
+    cfg.write_text('[server]\nmetrics_path = "/prom"\nmetrics_port = 9100\nmetrics_token = "t"\n'
+                   "dashboard = true\ndrain_delay = 2.5\n")
+    assert load_config(str(cfg)).server == {"metrics_path": "/prom", "metrics_port": 9100, "metrics_token": "t",
+                                            "dashboard": True, "drain_delay": 2.5}
+    cfg.write_text('[server]\nmetrics_path = "prom"\n')
+    with pytest.raises(ConfigError, match="server.metrics_path must be a path starting with /"):
+        load_config(str(cfg))
