@@ -309,7 +309,7 @@ class Observability:
             self.routes[metrics_path] = http(self._metrics)
             self.routes[analytics_path] = http(self._analytics)
         if dashboard:
-            self.routes[self.dashboard_path] = http(self._dashboard)
+            self.routes[self.dashboard_path] = self.routes[self.dashboard_path + "/"] = http(self._dashboard)
             self.routes[self.dashboard_path + "/ws"] = self._feed
         if health:
             self.routes["/healthz"] = http(self._healthz)

@@ -189,6 +189,7 @@ async def test_dashboard_feed_updates_while_traffic_flows(serve):
     server.observability.interval = 0.05
     status, headers, page = await http_get(server.address, "/dashboard")
     assert status == 200 and headers["content-type"].startswith("text/html") and b"<canvas" in page
+    assert (await http_get(server.address, "/dashboard/"))[2] == page
     async with fastws.connect(server.url + "/dashboard/ws") as feed:
         first = json.loads(await feed.recv())
         await traffic(server, connections=1, messages=20)
