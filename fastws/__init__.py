@@ -21,6 +21,7 @@ from fastws.exceptions import (
     ProtocolError,
 )
 from fastws.handshake import CompressionOptions, Headers, Request, Response
+from fastws.metrics import Observability, Recorder, RoomInfo, recorder
 from fastws.proxy import Proxy
 from fastws.server import Accept, Server, run, serve
 from fastws.app import App  # noqa: E402  (after server: it builds on Accept)
@@ -51,14 +52,18 @@ __all__ = [
     "PayloadTooBig",
     "ProtocolError",
     "Proxy",
+    "Observability",
     "RateLimit",
+    "Recorder",
     "Request",
     "Response",
+    "RoomInfo",
     "Rule",
     "Server",
     "__version__",
     "broadcast",
     "connect",
+    "recorder",
     "run",
     "serve",
 ]

@@ -31,6 +31,7 @@ import orjson
 
 from fastws.exceptions import FastWSError, HandshakeError
 from fastws.handshake import Request
+from fastws.metrics import recorder
 
 __all__ = ["JWTAuth", "InvalidToken", "REFRESH_PREFIX", "user_id"]
 
@@ -201,11 +202,13 @@ class JWTAuth:
         """
         token = self.token_from(request)
         if token is None:
+            recorder.guard("auth_failed", "missing_token")
             raise HandshakeError(401, "Unauthorized", list(_UNAUTHORIZED))
         try:
             return self.verify(token)
         except InvalidToken as exc:
             logger.debug("fastws: refused token from %s: %s", request.remote_address, exc.reason)
+            recorder.guard("auth_failed", "invalid_token")
             raise HandshakeError(401, "Invalid token", list(_INVALID)) from None
 
     # ------------------------------------------------------------ live connections
@@ -364,5 +367,6 @@ class _ExpiryWatch:
             del self.expiry[ws]
             if ws.open:
                 logger.info("fastws: token of %s expired; closing", user_id(ws.user))
+                recorder.guard("auth_failed", "expired")
                 ws.close(1008, "Token expired")
         self._arm()

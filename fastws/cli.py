@@ -94,6 +94,25 @@ def _guard_flags(args: argparse.Namespace) -> dict[str, Any]:
     return guards
 
 
+def _metrics_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Server options from the observability flags (only those given)."""
+    opts: dict[str, Any] = {}
+    if args.no_metrics:
+        opts["metrics"] = False
+    if args.metrics_path is not None:
+        opts["metrics_path"] = args.metrics_path
+    if args.metrics_port is not None:
+        opts["metrics_port"] = args.metrics_port
+    token = args.metrics_token or os.environ.get("FASTWS_METRICS_TOKEN")
+    if token:
+        opts["metrics_token"] = token
+    if args.dashboard:
+        opts["dashboard"] = True
+    if args.drain_delay is not None:
+        opts["drain_delay"] = args.drain_delay
+    return opts
+
+
 def _serve(args: argparse.Namespace) -> int:
     from fastws.app import App
     from fastws.server import run
@@ -145,6 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
         except (OSError, ssl.SSLError) as exc:
             raise CLIError(f"cannot load the TLS certificate {certfile!r} / key {keyfile!r}: {exc}") from None
         options["ssl"] = ctx
+    options.update(_metrics_flags(args))
     # guards: the app's own settings, then the config file's, then the flags
     guards = dict(config.guards) if config is not None else {}
     guards.update(_guard_flags(args))
@@ -244,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-connections-per-ip", type=int, default=None, metavar="N")
     g.add_argument("--queue-size", type=int, default=None, metavar="N", help="upgrades waiting for a slot (10)")
     g.add_argument("--queue-timeout", type=float, default=None, metavar="S", help="how long they wait (5 s)")
+    m = s.add_argument_group("observability")
+    m.add_argument("--no-metrics", action="store_true", help="no /metrics or /analytics (and no latency histograms)")
+    m.add_argument("--metrics-path", default=None, metavar="PATH", help="Prometheus path (default /metrics)")
+    m.add_argument("--metrics-port", type=int, default=None, metavar="P",
+                   help="serve metrics, analytics and the dashboard on this port instead")
+    m.add_argument("--metrics-token", default=None, metavar="TOKEN",
+                   help="bearer token for metrics, analytics and the dashboard (or FASTWS_METRICS_TOKEN)")
+    m.add_argument("--dashboard", action="store_true", help="serve the live dashboard at /dashboard")
+    m.add_argument("--drain-delay", type=float, default=None, metavar="S",
+                   help="on shutdown, serve S s with /readyz at 503 before closing")
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("connect", help="open a WebSocket, send stdin lines, print messages")

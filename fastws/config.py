@@ -108,6 +108,14 @@ SERVER_KEYS: dict[str, _Check] = {
     "reuse_port": (lambda v: isinstance(v, bool), "true or false"),
     "ssl_certfile": (lambda v: isinstance(v, str), "a file name"),
     "ssl_keyfile": (lambda v: isinstance(v, str), "a file name"),
+    # observability (fastws.metrics)
+    "metrics": (lambda v: isinstance(v, bool), "true or false"),
+    "metrics_path": (lambda v: isinstance(v, str) and v.startswith("/"), "a path starting with /"),
+    "metrics_port": (lambda v: _is_int(v) and 0 <= v <= 65535, "a port number (0-65535)"),
+    "metrics_token": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "dashboard": (lambda v: isinstance(v, bool), "true or false"),
+    "health": (lambda v: isinstance(v, bool), "true or false"),
+    "drain_delay": (lambda v: _is_num(v) and v >= 0, "a number of seconds"),
 }
 GUARD_KEYS: dict[str, _Check] = {
     "origins": (_str_list, "a list of origins"),

@@ -15,13 +15,15 @@ import logging
 import signal
 import socket
 import ssl as _ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastws._protocol import Connection, Endpoint, attach_socket
 from fastws.connection import Listener
 from fastws.exceptions import HandshakeError
-from fastws.handshake import CompressionOptions, Request
+from fastws.handshake import CompressionOptions, Request, Response, validate_upgrade
+from fastws.metrics import Observability, access_logger, log_access
 
 __all__ = ["Accept", "Server", "serve", "run", "resolve_app", "compression_options"]
 
@@ -141,6 +143,13 @@ class Server:
                  reuse_port: bool = False,
                  sock: socket.socket | None = None,
                  transport: str = "auto",
+                 metrics: bool = True,
+                 metrics_path: str = "/metrics",
+                 metrics_port: int | None = None,
+                 metrics_token: str | None = None,
+                 dashboard: bool = False,
+                 health: bool = True,
+                 drain_delay: float = 0.0,
                  accept: Callable[[Connection, Request], Any] | None = None) -> None:
         self.app = app
         self.host = host
@@ -173,13 +182,80 @@ class Server:
         )
         self._server: Any = None  # asyncio.Server or _SocketServer
         self._closing = False
+        self._ready = True
+        self.drain_delay = drain_delay
+        self.metrics_port = metrics_port
+        self.observability = Observability(lambda: [self.endpoint], self._is_ready, metrics=metrics,
+                                           metrics_path=metrics_path, token=metrics_token,
+                                           dashboard=dashboard, health=health)
+        if not metrics:
+            self.endpoint.stats_enabled = False  # the histograms; the counters cost nothing to keep
+        obs = self.observability
+        if metrics_port is None:
+            self._routes = obs.routes
+        else:  # the main port keeps the health checks; the rest moves to metrics_port
+            self._routes = {p: r for p, r in obs.routes.items() if p in ("/healthz", "/readyz")}
+        self._metrics_server: Server | None = None
 
     # -------------------------------------------------------------- lifecycle
 
+    def _is_ready(self) -> bool:
+        return self._ready and not self._closing
+
     def _accept_hook(self, ws: Connection, request: Request) -> Any:
+        if access_logger.isEnabledFor(logging.INFO):
+            return self._accept_logged(ws, request)
         if self._closing:
             raise HandshakeError(503, "Server shutting down")
+        route = self._routes.get(request.path) if self._routes else None
+        if route is not None:
+            return route(ws, request)
         return self._accept(ws, request)
+
+    def _accept_logged(self, ws: Connection, request: Request) -> Any:
+        """The accept hook with an access line per request (``fastws.access`` at INFO)."""
+        started = time.monotonic()
+        try:
+            if self._closing:
+                raise HandshakeError(503, "Server shutting down")
+            route = self._routes.get(request.path) if self._routes else None
+            result = route(ws, request) if route is not None else self._accept(ws, request)
+        except HandshakeError as exc:
+            log_access(request, exc.status, None, started)
+            raise
+        except Exception:
+            log_access(request, 500, None, started)
+            raise
+        if result is not None and hasattr(type(result), "__await__"):
+            return self._log_later(ws, request, result, started)
+        self._log_result(ws, request, result, started)
+        return result
+
+    async def _log_later(self, ws: Connection, request: Request, pending: Any, started: float) -> Any:
+        try:
+            result = await pending
+        except HandshakeError as exc:
+            log_access(request, exc.status, None, started)
+            raise
+        except BaseException:
+            log_access(request, 500, None, started)
+            raise
+        self._log_result(ws, request, result, started)
+        return result
+
+    def _log_result(self, ws: Connection, request: Request, result: Any, started: float) -> None:
+        if isinstance(result, Response):
+            log_access(request, result.status, None, started)
+            return
+        if not request.is_websocket:
+            return  # the engine answers (426 ...) and counts it
+        try:
+            validate_upgrade(request)  # what the engine checks next: log its refusal here
+        except HandshakeError as exc:
+            log_access(request, exc.status, None, started)
+            return
+        closed: Any = ws.wait_closed()  # a future
+        closed.add_done_callback(lambda _f: log_access(request, 101, ws.close_code, started))
 
     def _factory(self) -> Connection:
         return Connection(self.endpoint)
@@ -188,6 +264,10 @@ class Server:
         """Listen. Returns self."""
         loop = asyncio.get_running_loop()
         self.endpoint.loop = loop
+        if self.metrics_port is not None and self._metrics_server is None:
+            self._metrics_server = Server(None, self.host, self.metrics_port, accept=self.observability.fastws_accept,
+                                          metrics=False, health=False, compression=False)
+            await self._metrics_server.start()
         if self.transport == "socket" or (self.transport == "auto" and self.ssl is None):
             self._server = _SocketServer(loop, self.endpoint, self._listen_sockets())
             return self
@@ -262,7 +342,15 @@ class Server:
 
     @property
     def draining(self) -> bool:
-        return self._closing
+        """True once shutdown has begun (``/readyz`` answers 503)."""
+        return not self._is_ready()
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        """``(host, port)`` of the metrics port (``metrics_port=``), else the server's own address."""
+        if self._metrics_server is not None:
+            return self._metrics_server.address
+        return self.address
 
     async def serve_forever(self) -> None:
         assert self._server is not None, "call start() first"
@@ -272,8 +360,12 @@ class Server:
                        timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting, close every connection with ``code``, wait for the
         handlers (at most ``timeout`` seconds, default ``shutdown_timeout``), then abort the rest."""
-        if self._closing:
+        if self._closing or not self._ready:
             return
+        self._ready = False
+        if self.drain_delay > 0:
+            # not ready, still serving: load balancers see /readyz fail and stop sending
+            await asyncio.sleep(self.drain_delay)
         self._closing = True
         self.endpoint.draining = True
         timeout = self.shutdown_timeout if timeout is None else timeout
@@ -303,6 +395,8 @@ class Server:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             except (asyncio.TimeoutError, Exception):
                 pass
+        if self._metrics_server is not None:
+            await self._metrics_server.shutdown(timeout=1.0)
 
     async def close(self) -> None:
         """Alias of :meth:`shutdown` with the default settings."""
@@ -422,6 +516,18 @@ def serve(app: Any, host: str | None = "127.0.0.1", port: int = 8000, **kwargs: 
         transport: ``"auto"`` (the default: fastws' own socket transport for plain TCP,
             the loop's transports for TLS), ``"socket"``, ``"loop"`` (the event loop's
             transports) or ``"aiofastnet"`` (aiofastnet's, when installed).
+        metrics: serve ``/metrics`` (Prometheus) and ``/analytics`` (JSON) from the
+            engine's counters (default True); False also turns off the latency and
+            duration histograms.
+        metrics_path: the Prometheus path (default ``/metrics``).
+        metrics_port: serve the metrics, analytics and dashboard on this port
+            instead (same host); the main port keeps ``/healthz`` and ``/readyz``.
+        metrics_token: a bearer token the metrics, analytics and dashboard need
+            (``Authorization: Bearer ...`` or ``?token=...``).
+        dashboard: serve the live dashboard at ``/dashboard`` (default False).
+        health: serve ``/healthz`` and ``/readyz`` (503 once shutdown begins).
+        drain_delay: on shutdown, seconds to keep serving with ``/readyz`` at 503
+            before closing connections (so load balancers stop sending first).
 
     An app's ``server_options`` dict (``fastws.App(max_size=...)``) gives
     defaults for these; keyword arguments win.

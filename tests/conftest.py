@@ -18,10 +18,10 @@ MS = 0.001 * float(os.environ.get("FASTWS_TESTS_TIMEOUT_FACTOR", "1"))
 
 def pytest_asyncio_loop_factories(config, item):
     """Run every async test once on asyncio's loop and once on uvloop
-    (conformance tests drive other processes: the asyncio loop is enough there)."""
+    (conformance and browser tests drive other processes: the asyncio loop is enough there)."""
     import uvloop
 
-    if "conformance" in str(item.path):
+    if "conformance" in str(item.path) or "browser" in str(item.path):
         return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 

@@ -7,6 +7,7 @@ from collections import deque
 from typing import Any
 
 from fastws.exceptions import HandshakeError
+from fastws.metrics import recorder
 
 __all__ = ["ConnectionCaps"]
 
@@ -90,18 +91,21 @@ class ConnectionCaps:
             self._hold(ws, ip)
             return None
         if len(self._waiters) >= self.queue_size:
+            recorder.guard("queue_full", "max_connections")
             raise HandshakeError(503, "Connection pool full", [("Retry-After", "1")])
         return self._wait(ws, ip)
 
     async def _wait(self, ws: Any, ip: str) -> None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        recorder.guard("queue_wait", "max_connections")
         entry = (ip, fut)
         self._waiters.append(entry)
 
         def expire() -> None:
             if not fut.done():
                 self._waiters.remove(entry)
+                recorder.guard("queue_timeout", "max_connections")
                 fut.set_exception(HandshakeError(503, "Connection timeout", [("Retry-After", "1")]))
 
         timer = loop.call_later(self.queue_timeout, expire)

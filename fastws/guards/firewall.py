@@ -10,6 +10,7 @@ from typing import Any
 from fastws.exceptions import HandshakeError
 from fastws.guards.ip import Networks
 from fastws.handshake import Request
+from fastws.metrics import recorder
 
 __all__ = ["Rule", "Firewall"]
 
@@ -130,4 +131,5 @@ class Firewall:
     def check(self, ip: str, request: Request) -> None:
         """Raises ``HandshakeError(403)`` when the request is denied."""
         if self.decide(ip, request) == "deny":
+            recorder.guard("blocked", "firewall")
             raise HandshakeError(403, "Forbidden")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from fastws.exceptions import HandshakeError
 from fastws.handshake import Request
+from fastws.metrics import recorder
 
 __all__ = ["OriginGuard"]
 
@@ -48,4 +49,5 @@ class OriginGuard:
         """Raises ``HandshakeError(403)`` when the request's Origin is not allowed."""
         values = request.headers.get_all("origin")
         if len(values) > 1 or not self.allowed(values[0] if values else None):
+            recorder.guard("origin_rejected", "origin")
             raise HandshakeError(403, "Forbidden")

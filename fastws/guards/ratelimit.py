@@ -17,6 +17,7 @@ from typing import Any
 from fastws._limits import BucketTable, MessageGate, TokenBucket, monotonic
 from fastws.connection import Listener
 from fastws.exceptions import ConnectionClosedError, HandshakeError
+from fastws.metrics import recorder
 
 __all__ = ["RateLimit", "ConnectionRateLimiter", "MessageLimits", "LimitedListener"]
 
@@ -132,6 +133,7 @@ class ConnectionRateLimiter:
         """Raises ``HandshakeError(429)`` when ``key`` (a client IP key) is over the limit."""
         wait = self.table.hit(key)
         if wait:
+            recorder.guard("rate_limited", "connection_rate")
             if self.limit.action == "log":
                 now = monotonic()
                 if now - self._logged >= NOTICE_INTERVAL:
@@ -204,6 +206,7 @@ def _over_limit(ws: Any, gate: MessageGate, limits: MessageLimits) -> Any:
     """
     limit = limits.action_for(gate)
     limits.over += 1
+    recorder.guard("rate_limited", "message_rate" if limit is limits.per_connection else "user_message_rate")
     if limit.action == "log":
         now = monotonic()
         if now - limits.logged_at >= NOTICE_INTERVAL:
