@@ -309,6 +309,7 @@ ctypedef struct Stats:
     unsigned long long auto_responses
     unsigned long long broadcasts
     unsigned long long broadcast_skipped
+    unsigned long long backpressure_closes  # connections dropped for a peer that does not read (BufferFull)
     unsigned long long close_codes[N_CODES]
     unsigned long long statuses[N_STATUS]
     unsigned long long lat_buckets[N_LAT]
@@ -469,6 +470,7 @@ cdef class Endpoint:
             "auto_responses": st.auto_responses,
             "broadcasts": st.broadcasts,
             "broadcast_skipped": st.broadcast_skipped,
+            "backpressure_closes": st.backpressure_closes,
             "close_codes": codes,
             "refused": statuses,
             "latency": {"buckets": _cumulative(st.lat_buckets, LAT_BOUNDS, N_LAT - 1),
@@ -2266,6 +2268,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if isinstance(exc, ConnectionClosed):
             return
         if isinstance(exc, BufferFull):
+            self.endpoint._st.backpressure_closes += 1
             logger.info("fastws: closing %s: %s", self.remote_address, exc)
             if self.transport is not None:
                 self.transport.abort()

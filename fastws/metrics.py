@@ -535,7 +535,7 @@ class Observability:
         counter("fastws_backpressure_drops_total", "Messages dropped for peers that do not read",
                 [({}, st["broadcast_skipped"] + rec.backpressure["drop"])])
         counter("fastws_backpressure_closes_total", "Connections closed because their peer does not read",
-                [({}, rec.backpressure["close"])])
+                [({}, st.get("backpressure_closes", 0) + rec.backpressure["close"])])
         counter("fastws_storage_operations_total", "Room storage operations, by operation",
                 [({"op": op}, n) for op, n in sorted(rec.storage_ops.items())] or [({"op": "commit"}, 0)])
         counter("fastws_storage_errors_total", "Room storage operations that failed",
