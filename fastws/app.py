@@ -227,7 +227,8 @@ class App:
 
         It returns a :class:`~fastws.Response`, a dict or list (JSON), a str
         (text) or bytes; ``HEAD`` is answered by the ``GET`` handler without the
-        body. Request bodies are not read: a request with a body gets 413.
+        body. ``request.body`` holds the request's body (read whole, up to 1 MiB;
+        413 beyond).
 
         Args:
             path: the route pattern.
@@ -331,9 +332,6 @@ class App:
             if "GET" in allowed and "HEAD" not in allowed:
                 allowed.append("HEAD")
             raise HandshakeError(405, "Method Not Allowed", [("Allow", ", ".join(allowed))])
-        if _has_body(request):
-            # bodies are not read by the engine (yet): refuse them instead of ignoring them
-            raise HandshakeError(413, "Request body not supported")
         auth = self._auth(entry.http_options[method])
         claims = auth.authenticate(request) if auth is not None else None
         head = request.method == "HEAD"
@@ -416,11 +414,3 @@ class _HeadResponse(Response):
     def to_bytes(self, keep_alive: bool = False) -> bytes:
         head, _, _ = Response.to_bytes(self, keep_alive).partition(b"\r\n\r\n")
         return head + b"\r\n\r\n"
-
-
-def _has_body(request: Request) -> bool:
-    headers = request.headers
-    length = headers.get("content-length")
-    if length is not None and length.strip() not in ("", "0"):
-        return True
-    return "transfer-encoding" in headers

@@ -40,6 +40,7 @@ __all__ = [
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADER_SIZE = 16 * 1024
 MAX_HEADERS = 128
+MAX_BODY_SIZE = 1 << 20
 
 
 def accept_key(key: str | bytes) -> str:
@@ -130,10 +131,11 @@ class Request:
         headers: :class:`Headers`.
         http_version: e.g. ``"1.1"``.
         remote_address: ``(host, port)`` of the peer, once known.
+        body: the body of a plain HTTP request (``b""`` for upgrades and bodiless requests).
     """
 
     __slots__ = ("method", "target", "path", "query_string", "headers", "http_version", "remote_address",
-                 "_query", "scope")
+                 "_query", "scope", "body")
 
     def __init__(self, method: str, target: str, headers: Headers, http_version: str = "1.1",
                  remote_address: tuple[str, int] | None = None) -> None:
@@ -147,6 +149,7 @@ class Request:
         self.remote_address = remote_address
         self._query: dict[str, list[str]] | None = None
         self.scope: dict[str, object] = {}
+        self.body = b""  # a plain HTTP request's body (Content-Length or chunked), read whole
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -413,13 +416,16 @@ def negotiate_deflate_client(value: list[str], opts: CompressionOptions | None) 
 
 
 class _RequestCallbacks:
-    __slots__ = ("url", "headers", "complete", "count", "error")
+    __slots__ = ("url", "headers", "complete", "count", "error", "body", "done", "max_body")
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int) -> None:
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.count = 0
         self.complete = False
+        self.done = False
+        self.body: bytearray | None = None
+        self.max_body = max_body
         self.error: HandshakeError | None = None  # raised in a callback; httptools wraps it
 
     def on_url(self, url: bytes) -> None:
@@ -435,8 +441,16 @@ class _RequestCallbacks:
     def on_headers_complete(self) -> None:
         self.complete = True
 
+    def on_body(self, body: bytes) -> None:
+        if self.body is None:
+            self.body = bytearray()
+        if len(self.body) + len(body) > self.max_body:
+            self.error = HandshakeError(413, "Request body too large")
+            raise self.error
+        self.body += body
+
     def on_message_complete(self) -> None:
-        pass
+        self.done = True
 
 
 class ServerHandshake:
@@ -446,14 +460,20 @@ class ServerHandshake:
     header block is complete, and tells how many bytes of the last chunk were
     part of it (the rest are already WebSocket frames).
 
+    A plain HTTP request with a body (Content-Length or chunked) is returned
+    once its body has arrived too (``request.body``), up to ``max_body_size``
+    (413 beyond); an upgrade request is returned at the end of its head.
+
     Args:
         max_header_size: largest request head accepted (431 beyond).
+        max_body_size: largest plain HTTP request body accepted (413 beyond).
     """
 
-    __slots__ = ("_parser", "_cb", "_size", "max_header_size", "request", "offset", "upgrade")
+    __slots__ = ("_parser", "_cb", "_size", "max_header_size", "request", "offset", "upgrade", "_head_size")
 
-    def __init__(self, max_header_size: int = MAX_HEADER_SIZE) -> None:
-        self._cb = _RequestCallbacks()
+    def __init__(self, max_header_size: int = MAX_HEADER_SIZE, max_body_size: int = MAX_BODY_SIZE) -> None:
+        self._cb = _RequestCallbacks(max_body_size)
+        self._head_size = 0
         self._parser = httptools.HttpRequestParser(self._cb)
         self._size = 0
         self.max_header_size = max_header_size
@@ -468,8 +488,11 @@ class ServerHandshake:
         belonged to the request head.
 
         Raises:
-            HandshakeError: malformed HTTP (400) or a head over the size limit (431).
+            HandshakeError: malformed HTTP (400), a head over the size limit (431) or a
+                body over ``max_body_size`` (413).
         """
+        if self.request is not None:
+            return self._body_data(data)
         self._size += len(data)
         try:
             self._parser.feed_data(data)
@@ -487,6 +510,8 @@ class ServerHandshake:
                 raise HandshakeError(400, f"Malformed HTTP request: {reason}") from None
             self.offset = len(data)
         head_size = self._size - (len(data) - self.offset)
+        if self._cb.body is not None:
+            head_size -= len(self._cb.body)  # body bytes that came with the head
         if not self._cb.complete:
             if self._size > self.max_header_size:
                 raise HandshakeError(431, "Request Header Fields Too Large")
@@ -498,9 +523,39 @@ class ServerHandshake:
             target = self._cb.url.decode("latin-1")
         except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
             raise HandshakeError(400, "Malformed request target") from None
-        self.request = Request(p.get_method().decode("latin-1"), target, Headers(self._cb.headers),
-                               p.get_http_version())
-        return self.request
+        request = Request(p.get_method().decode("latin-1"), target, Headers(self._cb.headers),
+                          p.get_http_version())
+        self.request = request
+        if not self.upgrade and not self._cb.done and _has_body(request.headers):
+            # a plain request with a body still to come: hand it over once it is whole
+            return None
+        if self._cb.body is not None:
+            request.body = bytes(self._cb.body)
+        return request
+
+    def _body_data(self, data: bytes) -> Request | None:
+        request = self.request
+        assert request is not None
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self._cb.error is not None:
+                raise self._cb.error from None
+            if not self._cb.done:
+                reason = str(exc).split(":")[-1].strip() or "malformed body"
+                raise HandshakeError(400, f"Malformed HTTP request: {reason}") from None
+        self.offset = len(data)
+        if not self._cb.done:
+            return None
+        request.body = bytes(self._cb.body) if self._cb.body is not None else b""
+        return request
+
+
+def _has_body(headers: Headers) -> bool:
+    length = headers.get("content-length")
+    if length is not None and length.strip() not in ("", "0"):
+        return True
+    return "transfer-encoding" in headers
 
 
 def validate_upgrade(request: Request) -> str:

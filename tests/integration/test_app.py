@@ -103,12 +103,27 @@ async def test_refusals_on_the_wire(serve, method, path, status, body):
         assert headers["upgrade"] == "websocket"
 
 
-async def test_post_with_body_is_413_not_ignored(serve):
+async def test_post_bodies_reach_the_handler(serve):
     app = fastws.App()
-    app.route("/p", methods=["POST"])(lambda request: "nope")
+    app.route("/p", methods=["POST"])(lambda request: {"got": request.body.decode(), "n": len(request.body)})
     server = await serve(app)
     status, _, body = await http(server, "POST", "/p", "Content-Length: 4\r\n\r\nabcd")
-    assert (status, body) == (413, b"Request body not supported")
+    assert (status, body) == (200, b'{"got":"abcd","n":4}')
+    chunked = "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    status, _, body = await http(server, "POST", "/p", chunked)
+    assert (status, body) == (200, b'{"got":"abcde","n":5}')
+    big = "x" * 20000  # a body bigger than the header limit is still fine
+    status, _, body = await http(server, "POST", "/p", f"Content-Length: {len(big)}\r\n\r\n{big}")
+    assert status == 200 and body.endswith(b'"n":20000}')
+
+
+async def test_a_body_over_the_limit_is_413(serve):
+    app = fastws.App()
+    app.route("/p", methods=["POST"])(lambda request: "never")
+    server = await serve(app)
+    n = (1 << 20) + 1
+    status, _, body = await http(server, "POST", "/p", f"Content-Length: {n}\r\n\r\n" + "y" * n)
+    assert (status, body) == (413, b"Request body too large")
 
 
 async def test_worker_style_accept_with_subprotocol_headers_and_data(serve):

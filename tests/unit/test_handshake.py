@@ -800,3 +800,55 @@ def test_error_response_for_every_refusal_is_parseable():
         parser.feed_data(hs.error_response(exc))
         assert parser.get_status_code() == status
         assert collect.body == b"reason text"
+
+
+# ---------------------------------------------------------------- plain HTTP request bodies
+
+def _feed_split(raw: bytes, at: int, **kw):
+    from fastws.handshake import ServerHandshake
+
+    hs = ServerHandshake(**kw)
+    first = hs.feed_data(raw[:at])
+    if first is not None:
+        return first
+    return hs.feed_data(raw[at:])
+
+
+@pytest.mark.parametrize("kind", ["length", "chunked"])
+def test_request_body_is_collected_at_every_split(kind):
+    if kind == "length":
+        raw = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world"
+    else:
+        raw = (b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    for at in range(1, len(raw)):
+        request = _feed_split(raw, at)
+        assert request is not None and request.body == b"hello world", at
+        assert request.method == "POST"
+
+
+def test_request_without_body_is_returned_at_the_end_of_its_head():
+    from fastws.handshake import ServerHandshake
+
+    request = ServerHandshake().feed_data(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert request is not None and request.body == b""
+
+
+def test_request_body_over_the_limit_is_413():
+    from fastws.exceptions import HandshakeError
+    from fastws.handshake import ServerHandshake
+
+    hs = ServerHandshake(max_body_size=10)
+    assert hs.feed_data(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello") is None
+    with pytest.raises(HandshakeError) as info:
+        hs.feed_data(b" world")
+    assert info.value.status == 413
+
+
+def test_body_bytes_do_not_count_against_the_header_limit():
+    from fastws.handshake import ServerHandshake
+
+    body = b"z" * 5000
+    raw = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + body
+    request = ServerHandshake(max_header_size=1024).feed_data(raw)
+    assert request is not None and request.body == body
