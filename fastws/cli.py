@@ -231,6 +231,7 @@ def serve_one(args: argparse.Namespace, *, reuse_port: bool = False, on_ready: A
     options = serve_options(args, app)
 
     def ready(server: Any) -> None:
+        log.debug("fastws: listening on %s (pid %d)", server.url, os.getpid())
         if on_ready is not None:
             on_ready(server)
         else:
@@ -331,6 +332,7 @@ class Supervisor:
             if not self.queue.empty():
                 kind, slot, pid, detail = self.queue.get()
                 if kind == "ready":
+                    log.info("fastws: worker %d ready (pid %d)", slot, pid)
                     self.url = detail
                     waiting.discard(slot)
                 else:

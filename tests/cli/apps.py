@@ -9,11 +9,13 @@
   anything else gets ``{"type": "error", "message": "Invalid message format"}``.
 - ``pinger``: sends a PING right after the handshake, then echoes (for ``fastws connect``).
 - ``closer``: answers the first message with ``bye`` and closes with 4001 "go away".
-- ``headers``: replies to every message with the request's path, subprotocol and headers as JSON.
+- ``headers_app``: replies to every message with the request's path, subprotocol and headers as JSON.
+- ``tobinary``: echoes every message as BINARY.
+- ``info``: replies with the worker's pid and FASTWS_DATA_DIR as seen when this module was imported.
 """
 
-import asyncio
 import datetime
+import os
 import uuid
 
 import orjson
@@ -21,6 +23,7 @@ import orjson
 import fastws
 
 PUBLISH = 0x50
+DATA_DIR_AT_IMPORT = os.environ.get("FASTWS_DATA_DIR")  # proves --data-dir is exported before the import
 
 
 class Fanout(fastws.Listener):
@@ -100,7 +103,7 @@ async def closer(ws):
 async def headers(ws):
     async for _ in ws:
         await ws.send(orjson.dumps({"path": ws.request.path, "subprotocol": ws.subprotocol,
-                                    "headers": dict(ws.request.headers.items())}).decode())
+                                    "headers": {k.lower(): v for k, v in ws.request.headers.items()}}).decode())
 
 
 class _Hdr:
@@ -113,5 +116,12 @@ class _Hdr:
 headers_app = _Hdr()
 
 
-async def slow_start(ws):  # pragma: no cover - used only to keep a connection busy
-    await asyncio.sleep(3600)
+async def tobinary(ws):
+    async for message in ws:
+        await ws.send(message.encode() if isinstance(message, str) else message)
+
+
+async def info(ws):
+    """Replies to every message with this worker's pid and the data dir seen at import."""
+    async for _ in ws:
+        await ws.send(orjson.dumps({"pid": os.getpid(), "data_dir": DATA_DIR_AT_IMPORT}).decode())
