@@ -162,7 +162,7 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
 
 def build_serve_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``sub`` (an argparse subparsers object)."""
-    s = sub.add_parser("serve", help="serve module:app", parents=parents,
+    s: argparse.ArgumentParser = sub.add_parser("serve", help="serve module:app", parents=parents,
                        description="Serve a fastws app (module:attribute).")
     add_serve_arguments(s)
     s.set_defaults(func=cmd_serve)
@@ -381,7 +381,7 @@ class Supervisor:
             while not self.queue.empty():
                 self.queue.get()  # "ready" of restarted workers
             for s in ready:
-                slot = sentinels[s]  # type: ignore[index]
+                slot = sentinels[s]
                 p = self.workers[slot]
                 p.join()
                 if self.stopping:
@@ -720,7 +720,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_bench_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    b = sub.add_parser("bench", parents=parents, help="load-test a WebSocket server",
+    b: argparse.ArgumentParser = sub.add_parser("bench", parents=parents, help="load-test a WebSocket server",
                        description="Load-test a WebSocket server (every run is bounded by --num and --duration).")
     b.add_argument("url", help="ws://host:port/path")
     b.add_argument("--mode", "-m", choices=["echo", "storm", "fanout", "chat"], default="echo")

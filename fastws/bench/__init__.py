@@ -230,8 +230,9 @@ def _run_procs(cfg: BenchConfig, shares: list[tuple[int, int]], progress: Progre
 
 def capacity_for(report: dict[str, Any], **kw: Any) -> dict[str, Any]:
     """Add ``report["capacity"]`` (see :func:`fastws.bench.report.capacity`) and return it."""
-    report["capacity"] = capacity(report, **kw)
-    return report["capacity"]
+    cap = capacity(report, **kw)
+    report["capacity"] = cap
+    return cap
 
 
 def print_report(report: dict[str, Any], previous: dict[str, Any] | None, stream: TextIO = sys.stdout) -> None:

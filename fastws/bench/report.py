@@ -117,7 +117,9 @@ def build_report(cfg: Any, tallies: list[dict[str, Any]], *, started_at: float, 
             m[f"latency_{k}_ms"] = lat[k]
         if k in con:
             m[f"connect_{k}_ms"] = con[k]
-    rate = (lambda n: n / load if load > 0 else 0.0)
+    def rate(n: float) -> float:
+        return n / load if load > 0 else 0.0
+
     if mode == "echo":
         m.update(messages_sent=t.get("sent", 0), messages_received=t.get("received", 0),
                  msgs_per_s=rate(t.get("received", 0)), mb_per_s=rate(t.get("bytes_received", 0)) / 1e6,

@@ -375,10 +375,13 @@ class Load:
 
 class _Base(Listener):
     __slots__ = ("load", "conn", "finished_ok")
+    load: Any
+    conn: Connection
+    finished_ok: bool
 
     def __init__(self, load: Load) -> None:
         self.load = load
-        self.conn: Connection | None = None
+        self.conn = None  # type: ignore[assignment]  # set once the handshake completed
         self.finished_ok = False
 
     def on_close(self, ws: Connection, code: int, reason: str) -> None:
@@ -392,6 +395,14 @@ class _EchoConn(_Base):
     """Closed loop: one message in flight; the next is sent from the reply's callback."""
 
     __slots__ = ("left", "t", "n", "bad", "rec", "payload", "size", "sends")
+    left: int
+    t: float
+    n: int
+    bad: int
+    rec: Callable[[float], None]
+    payload: bytes | str
+    size: int
+    sends: deque[float]
 
     def on_message(self, ws: Connection, msg: Message) -> None:
         # the hot path of `fastws bench`: keep it to a few attribute operations
@@ -435,7 +446,7 @@ class EchoLoad(Load):
         lst.rec = self.tally.latency.add
         lst.payload = self.payload
         lst.size = len(self.payload)
-        lst.sends = deque() if self.cfg.rate else None
+        lst.sends = deque()
         return lst
 
     def __init__(self, *a: Any) -> None:
@@ -572,9 +583,11 @@ class StormLoad(Load):
 
 class _FanSub(_Base):
     __slots__ = ("n", "verify")
+    n: int
+    verify: bool
 
     def on_message(self, ws: Connection, msg: Message) -> None:
-        load: FanoutLoad = self.load  # type: ignore[assignment]
+        load: FanoutLoad = self.load
         n = self.n
         self.n = n + 1
         if self.verify and (len(msg) != load.size or memoryview(msg)[0] != PUBLISH):
@@ -591,6 +604,7 @@ class _FanSub(_Base):
 
 class _FanPub(_Base):
     __slots__ = ("n",)
+    n: int
 
     def on_message(self, ws: Connection, msg: Message) -> None:
         self.n += 1  # the publisher's own copy (the room contract includes the publisher)
@@ -715,9 +729,15 @@ class FanoutLoad(Load):
 
 class _ChatConn(_Base):
     __slots__ = ("me", "room", "left", "n", "sends", "seq")
+    me: int
+    room: int
+    left: int
+    n: int
+    sends: deque[float]
+    seq: int
 
     def on_message(self, ws: Connection, msg: Message) -> None:
-        load: ChatLoad = self.load  # type: ignore[assignment]
+        load: ChatLoad = self.load
         try:
             obj = orjson.loads(memoryview(msg))
         except orjson.JSONDecodeError:
