@@ -458,3 +458,26 @@ def test_bench_bad_options(tmp_path):
     assert p.returncode == 2 and "not a fastws bench report" in one_error_line(p)
     p = run("bench", "http://127.0.0.1:1/")
     assert p.returncode == 2 and "not a WebSocket URL" in one_error_line(p)
+
+
+def test_bench_progress_bar_on_a_terminal(servers):
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(FASTWS + ["bench", servers["echo"], "-c", "2", "-n", "0", "-d", "1.2"], stdin=slave,
+                            stdout=slave, stderr=slave, cwd=ROOT, env=ENV, close_fds=True)
+    os.close(slave)
+    try:
+        out = _pty_read(master, b"load time", timeout=20)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    bars = [chunk for chunk in out.split(b"\r") if chunk.startswith(b"[")]
+    assert bars, out
+    assert all(b"%" in bar and b"errors 0" in bar for bar in bars)
+    assert any(b"received" in bar for bar in bars)  # redrawn during the load phase
+    assert b"messages/s" in out  # the summary follows the bar, on a cleared line
+    # without a terminal (every other test): no bar at all
+    p = run("bench", servers["echo"], "-c", "1", "-n", "5")
+    assert "\r[" not in p.stdout + p.stderr
