@@ -49,6 +49,7 @@ LABELS = {
     "deliveries": ("deliveries", ""), "deliveries_per_s": ("deliveries/s", ""), "rooms": ("rooms", ""),
     "server_cpu_cores": ("server CPU (cores busy)", ""),
     "client_cpu_cores": ("bench CPU (cores busy)", ""),
+    "compressed_connections": ("with permessage-deflate", ""),
 }
 #: metrics where a smaller value is an improvement (for --compare)
 LOWER_IS_BETTER = {"connect_failures", "dropped", "errors", "lost", "elapsed_s"} | {
@@ -63,7 +64,7 @@ def merge(tallies: list[dict[str, Any]]) -> dict[str, Any]:
                            "extra": {}, "close_codes": {}}
     for t in tallies:
         for k in ("requested", "opened", "failed", "dropped", "sent", "received", "bytes_sent", "bytes_received",
-                  "lost"):
+                  "lost", "compressed"):
             out[k] = out.get(k, 0) + t[k]
         out["client_cpu"] = out.get("client_cpu", 0.0) + t.get("client_cpu", 0.0)
         for k in ("connect_seconds", "load_seconds"):
@@ -109,6 +110,7 @@ def build_report(cfg: Any, tallies: list[dict[str, Any]], *, started_at: float, 
         "dropped": t.get("dropped", 0),
         "errors": sum(t["errors"].values()),
         "elapsed_s": round(load, 6),
+        "compressed_connections": t.get("compressed", 0),
     }
     lat = latency_summary(t["latency"])
     con = latency_summary(t["connect_latency"])
@@ -162,7 +164,8 @@ def build_report(cfg: Any, tallies: list[dict[str, Any]], *, started_at: float, 
         "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()},
         "errors": [{"message": k, "count": v} for k, v in errors],
         "close_codes": {str(k): v for k, v in sorted(t["close_codes"].items())},
-        "latency_histogram": histogram(t["latency"]),
+        # storm has no message latency: its histogram is of handshake latencies
+        "latency_histogram": histogram(t["connect_latency"] if mode == "storm" else t["latency"]),
         "latency_sampled_every": t.get("latency_stride", 1),
         "timeline": series,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": sys.platform},
@@ -203,6 +206,8 @@ def format_table(report: dict[str, Any], previous: dict[str, Any] | None = None)
     if report["interrupted"]:
         head += "  [INTERRUPTED: partial results]"
     extra = [] if report["mode"] == "storm" else ["connect_p50_ms"]
+    if report["options"].get("compression"):
+        extra.append("compressed_connections")
     keys = [k for k in _COMMON[:3] + extra + METRIC_KEYS[report["mode"]] + ["server_cpu_cores", "client_cpu_cores", "errors",
                                                                           "elapsed_s"]
             if k in report["metrics"]]

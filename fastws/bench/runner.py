@@ -117,6 +117,7 @@ class Tally:
         self.server_cpu: float | None = None   # CPU seconds of --server-pid over the load phase
         self.server_rss: float | None = None   # its RSS growth per opened connection, bytes
         self.client_cpu = 0.0                  # this process's CPU seconds over the load phase
+        self.compressed = 0                    # connections with permessage-deflate negotiated
 
     def error(self, kind: str, n: int = 1) -> None:
         self.errors[kind[:200]] += n
@@ -244,6 +245,8 @@ class Load:
                     t.error(f"connection closed by the server during the run ({conn.close_code})")
                 else:
                     self.live += 1
+                    if conn.compression is not None:
+                        t.compressed += 1
                 self.conns.append(conn)
                 self.listeners.append(lst)
 

@@ -337,6 +337,15 @@ def test_bench_echo_json(servers):
     assert m["connections"] == 4 and m["messages_sent"] == 200 and m["messages_received"] == 200
     assert m["lost"] == 0 and m["errors"] == 0 and m["msgs_per_s"] > 0
     assert doc["options"]["count"] == 4 and doc["options"]["size"] == 100
+    assert m["compressed_connections"] == 0
+
+
+def test_bench_echo_compression_and_text(servers):
+    code, doc = bench_json(servers["echo"], "-c", "2", "-n", "20", "-s", "2000", "--compression", "--text")
+    assert code == 0, doc["errors"]
+    m = doc["metrics"]
+    assert m["compressed_connections"] == 2  # permessage-deflate negotiated with examples/echo.py
+    assert m["messages_received"] == 40 and m["mb_per_s"] > 0
 
 
 def test_bench_table_compare_plot_capacity(servers, tmp_path):
@@ -371,6 +380,7 @@ def test_bench_storm(servers):
     m = doc["metrics"]
     assert m["connections"] == 60 and m["connect_failures"] == 0 and m["connects_per_s"] > 0
     assert m["connect_p50_ms"] <= m["connect_p99_ms"] <= m["connect_max_ms"]
+    assert sum(b["count"] for b in doc["latency_histogram"]) == 60  # handshake latencies
 
 
 def test_bench_fanout(servers):
@@ -381,6 +391,10 @@ def test_bench_fanout(servers):
     assert m["subscribers"] == 20 and m["publishes"] == 100
     assert m["deliveries"] == 2000 and m["lost"] == 0
     assert len(doc["latency_histogram"]) >= 1
+    # paced publishing: --rate publishes per second, still bounded by -n
+    code, doc = bench_json(servers["fanout"], "-m", "fanout", "-c", "5", "-n", "30", "--rate", "300")
+    assert code == 0, doc["errors"]
+    assert doc["metrics"]["publishes"] == 30 and doc["metrics"]["deliveries"] == 150
 
 
 def test_bench_fanout_against_a_server_that_does_not_broadcast(servers):
