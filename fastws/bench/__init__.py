@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from fastws.bench.report import SCHEMA, build_report, capacity, compare, format_table, load_previous, write_plot
-from fastws.bench.runner import MODES, BenchConfig, Tally, run_load
+from fastws.bench.runner import MODES, BenchConfig, Coord, Tally, run_load
 
 __all__ = ["BenchConfig", "MODES", "SCHEMA", "run_bench", "format_table", "compare", "capacity", "write_plot",
            "load_previous", "Progress"]
@@ -91,8 +91,8 @@ def _shares(cfg: BenchConfig, procs: int) -> list[tuple[int, int]]:
 
 
 async def _measured(cfg: BenchConfig, stop: Callable[[], bool], progress: Callable[[Tally], None] | None,
-                    first: int, server_pid: int) -> dict[str, Any]:
-    tally = await run_load(cfg, stop, progress, first, server_pid)
+                    first: int, server_pid: int, coord: Coord | None = None) -> dict[str, Any]:
+    tally = await run_load(cfg, stop, progress, first, server_pid, coord)
     return tally.to_dict()
 
 
@@ -105,7 +105,7 @@ def _event_loop_run(coro: Any) -> Any:
 
 
 def _worker(cfg: BenchConfig, first: int, count: int, index: int, stop_event: Any, counters: Any,
-            results: Any, server_pid: int) -> None:
+            results: Any, server_pid: int, shared: tuple[Any, ...] | None) -> None:
     """One worker process: its share of the connections; counters for the parent's progress bar."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent relays Ctrl-C through stop_event
     import dataclasses
@@ -121,8 +121,9 @@ def _worker(cfg: BenchConfig, first: int, count: int, index: int, stop_event: An
         counters[base + 4] = 1.0 if t.load_seconds or t.timeline else 0.0
 
     try:
+        coord = Coord(index, len(shared[0]), *shared) if shared is not None else None
         d = _event_loop_run(_measured(share, stop_event.is_set, progress, first,
-                                      server_pid if index == 0 else 0))
+                                      server_pid if index == 0 else 0, coord))
         results.put((index, d, None))
     except BaseException as exc:  # reported by the parent as an error of the run
         results.put((index, None, f"worker {index} failed: {type(exc).__name__}: {exc}"))
@@ -193,9 +194,14 @@ def _run_procs(cfg: BenchConfig, shares: list[tuple[int, int]], progress: Progre
             stop_event.set()
 
         signal.signal(signal.SIGINT, on_sigint)
+    shared = None
+    if cfg.mode == "fanout":  # connected, subs, completed, state (see runner.Coord)
+        k = len(shares)
+        shared = (ctx.Array("i", k, lock=False), ctx.Array("q", k, lock=False), ctx.Array("q", k, lock=False),
+                  ctx.Array("q", 2, lock=False))
     workers = []
     for i, (first, n) in enumerate(shares):
-        p = ctx.Process(target=_worker, args=(cfg, first, n, i, stop_event, counters, results, server_pid),
+        p = ctx.Process(target=_worker, args=(cfg, first, n, i, stop_event, counters, results, server_pid, shared),
                         name=f"fastws-bench-{i}", daemon=True)
         p.start()
         workers.append(p)

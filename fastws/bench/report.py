@@ -89,8 +89,18 @@ def merge(tallies: list[dict[str, Any]]) -> dict[str, Any]:
             out["extra"][k] = out["extra"].get(k, 0.0) + v
         if t.get("server_cpu") is not None:
             out["server_cpu"] = t["server_cpu"]
+        if t.get("fan_sent") is not None:
+            out["fan_sent"] = t["fan_sent"]
+        if t.get("fan_comp") is not None:
+            out.setdefault("fan_comps", []).append(t["fan_comp"])
         if t.get("server_rss") is not None:
             out["server_rss"] = t["server_rss"]
+    if out.get("fan_sent") is not None and out.get("fan_comps"):
+        # fan-out over processes: publish n is complete when the last worker's last subscriber has it
+        sent = out["fan_sent"]
+        comps = out["fan_comps"]
+        n = min([len(sent)] + [len(c) for c in comps])
+        out["latency"].extend(max(c[i] for c in comps) - sent[i] for i in range(n))
     return out
 
 

@@ -33,7 +33,7 @@ from fastws.client import parse_url
 from fastws.connection import Connection, Listener, Message
 from fastws.exceptions import InvalidHandshake
 
-__all__ = ["BenchConfig", "MODES", "run_load", "PUBLISH"]
+__all__ = ["BenchConfig", "Coord", "MODES", "run_load", "PUBLISH"]
 
 MODES = ("echo", "storm", "fanout", "chat")
 PUBLISH = 0x50  # b"P": the fan-out room contract (../shared/fanout/servers/_common.py)
@@ -82,9 +82,6 @@ class BenchConfig:
             raise ValueError("fanout needs --size of at least 1 (the first byte is the publish marker)")
         if self.mode == "chat" and self.size < 1:
             raise ValueError("chat needs --size of at least 1")
-        if self.mode == "fanout" and self.procs > 1:
-            raise ValueError("fanout runs in one process (publish-to-last-receiver latency needs one clock "
-                             "and one view of every subscriber); use --procs with echo, storm or chat")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,6 +115,8 @@ class Tally:
         self.server_rss: float | None = None   # its RSS growth per opened connection, bytes
         self.client_cpu = 0.0                  # this process's CPU seconds over the load phase
         self.compressed = 0                    # connections with permessage-deflate negotiated
+        self.fan_comp: array[float] | None = None  # fanout over processes: when the last local subscriber
+        self.fan_sent: array[float] | None = None  # had publish n; when publish n was sent (worker 0)
 
     def error(self, kind: str, n: int = 1) -> None:
         self.errors[kind[:200]] += n
@@ -203,6 +202,7 @@ class Load:
         self.factory = ClientFactory(cfg.url, compression=cfg.compression, subprotocols=cfg.subprotocols,
                                      headers=cfg.headers, open_timeout=cfg.open_timeout)
         self.live = 0
+        self.grace = 0.0  # extra seconds past --duration (fanout workers that follow the publisher's end)
 
     # -- connections
 
@@ -282,6 +282,10 @@ class Load:
     def stop_sending(self) -> None:
         """The load phase is over: send nothing more."""
 
+    async def ready_to_start(self) -> bool:
+        """After the connect phase: False to skip the load phase."""
+        return True
+
     def tick(self) -> None:
         """Paced sends (--rate); called every TICK s during the load phase."""
 
@@ -331,7 +335,8 @@ class Load:
                 rss1 = proc_rss_bytes(pid)
                 if rss0 and rss1 and t.opened:
                     t.server_rss = max(0.0, (rss1 - rss0) / t.opened)
-            if self.conns and not self._stop_requested():
+            go = await self.ready_to_start()
+            if go and self.conns and not self._stop_requested():
                 cpu0 = proc_cpu_seconds(pid) if pid else None
                 own0 = _self_cpu()
                 self.t0 = perf()
@@ -367,7 +372,7 @@ class Load:
             if self.running:
                 t.timeline.append(self.counter())
                 self.tick()
-                if (self._stop_requested() or perf() - self.t0 >= self.cfg.duration or self.finished()
+                if (self._stop_requested() or perf() - self.t0 >= self.cfg.duration + self.grace or self.finished()
                         or self.live <= 0):
                     self.done.set()
             elif self._stop_requested():
@@ -595,10 +600,13 @@ class _FanSub(_Base):
         self.n = n + 1
         if self.verify and (len(msg) != load.size or memoryview(msg)[0] != PUBLISH):
             load.tally.error("fan-out delivery with the wrong length or marker")
-        if n >= load.max_pubs:
-            load.tally.error("more deliveries than publishes")
-            return
         reached = load.reached
+        if n >= len(reached):
+            if n >= load.max_pubs:
+                load.tally.error("more deliveries than publishes")
+                return
+            load._grow(n)
+            reached = load.reached
         c = reached[n] + 1
         reached[n] = c
         if c == load.nsubs:
@@ -613,52 +621,109 @@ class _FanPub(_Base):
         self.n += 1  # the publisher's own copy (the room contract includes the publisher)
 
 
+class Coord:
+    """Shared memory of the fan-out workers (``multiprocessing`` arrays without locks: each
+    slot has one writer). Worker 0 holds the publisher; every worker holds subscribers.
+
+    ``connected[i]``: 1 once worker i's connect phase is over; ``subs[i]``: its subscribers;
+    ``completed[i]``: publishes that every one of its subscribers has; ``state``: [phase
+    (0 connecting, 1 publishing, 2 over), publishes sent when the phase became 2].
+    """
+
+    def __init__(self, index: int, nprocs: int, connected: Any, subs: Any, completed: Any, state: Any) -> None:
+        self.index = index
+        self.nprocs = nprocs
+        self.connected = connected
+        self.subs = subs
+        self.completed = completed
+        self.state = state
+
+    def global_done(self) -> int:
+        """Publishes that every subscriber in every worker has."""
+        done = [self.completed[i] for i in range(self.nprocs) if self.subs[i] > 0]
+        return min(done) if done else 0
+
+
 class FanoutLoad(Load):
     """One publisher and ``count`` subscribers in one room (every connection to the URL):
     a message whose first byte is ``P`` goes to every connection. Latency is from the
-    publish to the moment the last subscriber has it."""
+    publish to the moment the last subscriber has it. Over several processes the
+    subscribers are spread out, worker 0 publishes, and each worker records when its last
+    subscriber got each publish (``perf_counter`` is CLOCK_MONOTONIC, one clock for all
+    processes); the report takes the latest of them."""
 
-    def __init__(self, *a: Any) -> None:
+    def __init__(self, *a: Any, coord: Coord | None = None) -> None:
         super().__init__(*a)
+        self.coord = coord
+        self.is_pub = coord is None or coord.index == 0
+        if coord is not None and not self.is_pub:
+            self.grace = 5.0  # follow the publisher's end (state phase 2), not our own clock
         self.payload = payload_for(self.cfg, b"P")
         self.size = len(self.payload)
         self.max_pubs = min(self.num, 50_000_000)
         self.reached = array("I", bytes(4 * min(self.max_pubs, 1 << 16)))
         self.sent_at: array[float] = array("d")
+        self.comp: array[float] = array("d")
         self.nsubs = 0
         self.listeners_subs: list[_FanSub] = []
         self.done_pubs = 0
         self.pub: Connection | None = None
         self._paced = 0
+        self._poller: asyncio.Future[None] | None = None
 
     def make_listener(self, index: int) -> _Base:
-        if index == 0:
+        if index == 0 and self.is_pub:
             p = _FanPub(self)
             p.n = 0
             return p
         s = _FanSub(self)
         s.n = 0
-        s.verify = index == 1
+        s.verify = index == (1 if self.is_pub else 0)
         return s
 
     async def open_all(self, n: int) -> None:
-        await super().open_all(n + 1)  # + the publisher (index 0)
+        await super().open_all(n + 1 if self.is_pub else n)  # + the publisher (index 0)
         pubs = [lst for lst in self.listeners if isinstance(lst, _FanPub)]
         self.listeners_subs = [lst for lst in self.listeners if isinstance(lst, _FanSub)]
         self.nsubs = len(self.listeners_subs)
-        if pubs:
-            self.pub = pubs[0].conn
-            self.tally.opened -= 1  # "connections" counts the subscribers only
-        else:
-            self.tally.failed -= 1
-            self.tally.error("the publisher could not connect")
-            self.listeners_subs = []
-            self.nsubs = 0
-        self.tally.requested -= 1
+        if self.is_pub:
+            if pubs:
+                self.pub = pubs[0].conn
+                self.tally.opened -= 1  # "connections" counts the subscribers only
+            else:
+                self.tally.failed -= 1
+                self.tally.error("the publisher could not connect")
+            self.tally.requested -= 1
+        c = self.coord
+        if c is not None:
+            c.subs[c.index] = self.nsubs
+            c.connected[c.index] = 1
+
+    async def ready_to_start(self) -> bool:
+        c = self.coord
+        if c is None:
+            return True
+        deadline = perf() + self.cfg.open_timeout + self.cfg.duration
+        if self.is_pub:
+            # every worker's subscribers are in the room before the first publish
+            while any(c.connected[i] == 0 for i in range(c.nprocs)) and perf() < deadline \
+                    and not self._stop_requested():
+                await asyncio.sleep(0.005)
+            if self.pub is None or self._stop_requested() or perf() >= deadline:
+                c.state[0] = 2
+                return False
+            c.state[0] = 1
+            return True
+        while c.state[0] == 0 and perf() < deadline and not self._stop_requested():
+            await asyncio.sleep(0.005)
+        return c.state[0] == 1
 
     def _grow(self, n: int) -> None:
         while n >= len(self.reached):  # doubling: amortised O(1) per publish
             self.reached.extend(array("I", bytes(4 * len(self.reached))))
+
+    def done_everywhere(self) -> int:
+        return self.done_pubs if self.coord is None else self.coord.global_done()
 
     def publish(self) -> bool:
         seq = len(self.sent_at)
@@ -673,33 +738,68 @@ class FanoutLoad(Load):
             return False
         return True
 
+    def fill_window(self) -> None:
+        done = self.done_everywhere()
+        while len(self.sent_at) - done < self.cfg.window and self.publish():
+            pass
+
     def completed(self, seq: int) -> None:
         now = perf()
         self.done_pubs += 1
-        self.tally.latency.add(now - self.sent_at[seq])
-        if self.running and not self.cfg.rate:
-            self.publish()
+        c = self.coord
+        if c is None:
+            self.tally.latency.add(now - self.sent_at[seq])
+            if self.running and not self.cfg.rate:
+                self.publish()
+            return
+        self.comp.append(now)
+        c.completed[c.index] = self.done_pubs
+        if self.is_pub and self.running and not self.cfg.rate:
+            self.fill_window()
+
+    async def _poll(self) -> None:
+        # the other workers' progress arrives through shared memory, not as callbacks
+        while self.running:
+            await asyncio.sleep(0.0005)
+            if self.running:
+                self.fill_window()
 
     def start(self) -> None:
-        if self.nsubs == 0 or self.pub is None:
-            if self.pub is not None:
-                self.tally.error("no subscriber could connect")
+        if not self.is_pub:
+            return
+        if self.nsubs == 0 and (self.coord is None or self.coord.global_done() == 0 and
+                                not any(self.coord.subs[i] for i in range(self.coord.nprocs))):
+            self.tally.error("no subscriber could connect")
             self.done.set()
             return
         if not self.cfg.rate:
-            for _ in range(self.cfg.window):
-                if not self.publish():
-                    break
+            self.fill_window()
+            if self.coord is not None:
+                self._poller = asyncio.ensure_future(self._poll())
+
+    def stop_sending(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        c = self.coord
+        if c is not None and self.is_pub:
+            c.state[1] = len(self.sent_at)
+            c.state[0] = 2
 
     def tick(self) -> None:
-        if not self.cfg.rate:
+        if not self.is_pub or not self.cfg.rate:
             return
         due = int(self.cfg.rate * (perf() - self.t0)) - self._paced
-        while due > 0 and len(self.sent_at) - self.done_pubs < max(self.cfg.window, 1000):
+        done = self.done_everywhere()
+        while due > 0 and len(self.sent_at) - done < max(self.cfg.window, 1000):
             if not self.publish():
                 break
             self._paced += 1
             due -= 1
+
+    def published(self) -> int:
+        if self.is_pub:
+            return len(self.sent_at)
+        return int(self.coord.state[1]) if self.coord is not None else 0
 
     def sync_counts(self) -> None:
         t = self.tally
@@ -708,23 +808,32 @@ class FanoutLoad(Load):
         t.bytes_received = t.received * self.size
         t.sent = len(self.sent_at)
         t.bytes_sent = t.sent * self.size
-        t.extra["publishes"] = float(t.sent)
-        t.extra["publishes_complete"] = float(self.done_pubs)
+        if self.is_pub:
+            t.extra["publishes"] = float(t.sent)
+            t.extra["publishes_complete"] = float(self.done_everywhere())
         t.extra["subscribers"] = float(self.nsubs)
 
     def finished(self) -> bool:
-        return self.done_pubs >= self.max_pubs
+        if not self.is_pub:
+            return self.coord is not None and self.coord.state[0] == 2
+        return self.done_everywhere() >= self.max_pubs
 
     def settled(self) -> bool:
-        return self.done_pubs >= len(self.sent_at)
+        if not self.is_pub:
+            return self.coord is None or (self.coord.state[0] == 2 and self.done_pubs >= self.published())
+        return self.done_everywhere() >= len(self.sent_at)
 
     def account_lost(self) -> None:
         t = self.tally
+        pubs = self.published()
         alive = [s for s in self.listeners_subs if not s.conn.closed]
-        missing = sum(max(0, len(self.sent_at) - s.n) for s in alive)
+        missing = sum(max(0, pubs - s.n) for s in alive)
         if missing:
             t.lost = missing
             t.error("fan-out deliveries missing at the end of the run", missing)
+        if self.coord is not None:
+            t.fan_comp = self.comp if self.nsubs else None
+            t.fan_sent = self.sent_at if self.is_pub else None
 
 
 # ------------------------------------------------------------------ chat
@@ -877,9 +986,13 @@ LOADS: dict[str, type[Load]] = {"echo": EchoLoad, "storm": StormLoad, "fanout": 
 
 async def run_load(cfg: BenchConfig, stop: Callable[[], bool] = lambda: False,
                    progress: Callable[[Tally], None] | None = None, first_index: int = 0,
-                   server_pid: int = 0) -> Tally:
+                   server_pid: int = 0, coord: Coord | None = None) -> Tally:
     """Run one process's share of the load on the running loop and return its tally."""
-    load = LOADS[cfg.mode](cfg, stop, progress, server_pid)
+    load: Load
+    if cfg.mode == "fanout":
+        load = FanoutLoad(cfg, stop, progress, server_pid, coord=coord)
+    else:
+        load = LOADS[cfg.mode](cfg, stop, progress, server_pid)
     if isinstance(load, ChatLoad):
         load.room_base = first_index // cfg.room_size
     return await load.run()

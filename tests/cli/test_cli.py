@@ -423,6 +423,13 @@ def test_bench_procs(servers):
     code, doc = bench_json(servers["chat"], "-m", "chat", "-c", "12", "--room-size", "4", "-n", "5", "-p", "2")
     assert code == 0, doc["errors"]
     assert doc["metrics"]["rooms"] == 3 and doc["metrics"]["deliveries"] == 12 * 5 * 4
+    # fan-out: worker 0 publishes, both workers hold subscribers; latency is to the last of all
+    code, doc = bench_json(servers["fanout"], "-m", "fanout", "-c", "9", "-n", "40", "-p", "2")
+    assert code == 0, doc["errors"]
+    m = doc["metrics"]
+    assert doc["options"]["procs_used"] == 2 and m["subscribers"] == 9 and m["publishes"] == 40
+    assert m["deliveries"] == 360 and m["lost"] == 0
+    assert sum(b["count"] for b in doc["latency_histogram"]) == 40  # one latency per publish
 
 
 def test_bench_rate_is_bounded(servers):
