@@ -716,7 +716,7 @@ class FanoutLoad(Load):
             return True
         while c.state[0] == 0 and perf() < deadline and not self._stop_requested():
             await asyncio.sleep(0.005)
-        return c.state[0] == 1
+        return bool(c.state[0] == 1)
 
     def _grow(self, n: int) -> None:
         while n >= len(self.reached):  # doubling: amortised O(1) per publish
