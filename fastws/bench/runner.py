@@ -342,7 +342,10 @@ class Load:
                 self.t0 = perf()
                 self.running = True
                 self.start()
-                await self.done.wait()
+                try:  # the ticker ends the load phase; this is the backstop if it cannot
+                    await asyncio.wait_for(self.done.wait(), self.cfg.duration + self.grace + 5.0)
+                except asyncio.TimeoutError:
+                    t.error("the load phase overran its duration")
                 self.running = False
                 self.stop_sending()
                 t.load_seconds = perf() - self.t0
@@ -366,19 +369,26 @@ class Load:
         while True:
             next_t += TICK
             await asyncio.sleep(max(0.0, next_t - perf()))
-            self.sync_counts()
-            t = self.tally
-            t.latency.check()
-            if self.running:
-                t.timeline.append(self.counter())
-                self.tick()
-                if (self._stop_requested() or perf() - self.t0 >= self.cfg.duration + self.grace or self.finished()
-                        or self.live <= 0):
-                    self.done.set()
-            elif self._stop_requested():
+            try:
+                self._tick_once()
+            except Exception as exc:  # never leave the run without its clock
+                self.tally.error(f"internal error in the ticker: {type(exc).__name__}: {exc}")
                 self.done.set()
-            if self._progress is not None:
-                self._progress(t)
+
+    def _tick_once(self) -> None:
+        self.sync_counts()
+        t = self.tally
+        t.latency.check()
+        if self.running:
+            t.timeline.append(self.counter())
+            self.tick()
+            if (self._stop_requested() or perf() - self.t0 >= self.cfg.duration + self.grace or self.finished()
+                    or self.live <= 0):
+                self.done.set()
+        elif self._stop_requested():
+            self.done.set()
+        if self._progress is not None:
+            self._progress(t)
 
 
 class _Base(Listener):
