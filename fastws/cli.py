@@ -428,6 +428,20 @@ def _headers(args: argparse.Namespace) -> list[tuple[str, str]]:
     return headers
 
 
+def _tls(args: argparse.Namespace) -> Any:
+    from fastws.bench.runner import tls_context
+
+    try:
+        return tls_context(args.cafile, args.insecure)
+    except OSError as exc:
+        raise CLIError(f"--cafile {args.cafile!r}: {exc.strerror or exc}") from None
+
+
+def _add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cafile", default=None, help="wss://: trust the CA certificates in this PEM file")
+    p.add_argument("--insecure", "-k", action="store_true", help="wss://: do not verify the server's certificate")
+
+
 def _show(data: str | bytes) -> str:
     """Text as is; binary as hex (so a terminal never gets raw bytes)."""
     return data if isinstance(data, str) else data.hex()
@@ -555,7 +569,7 @@ class _Session:
         try:
             factory = ClientFactory(a.url, compression=not a.no_compression, subprotocols=a.subprotocol or (),
                                     headers=_headers(a), open_timeout=a.timeout, ping_interval=0.0,
-                                    max_size=a.max_size)
+                                    max_size=a.max_size, ssl_context=_tls(a))
         except ValueError as exc:
             raise CLIError(str(exc)) from None
         try:
@@ -689,7 +703,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       rate=args.rate, duration=args.duration, compression=args.compression, text=args.text,
                       procs=args.procs, concurrency=args.concurrency, window=args.window,
                       room_size=args.room_size, open_timeout=args.timeout, drain_timeout=args.drain_timeout,
-                      headers=_headers(args), subprotocols=args.subprotocol or [])
+                      headers=_headers(args), subprotocols=args.subprotocol or [], cafile=args.cafile,
+                      insecure=args.insecure)
+    _tls(args)  # a bad --cafile is a usage error, before any connection
     try:
         cfg.validate()
     except ValueError as exc:
@@ -747,6 +763,7 @@ def build_bench_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     b.add_argument("-H", "--header", action="append", help="extra header 'Name: value'")
     b.add_argument("--token", default=None, help="send 'Authorization: Bearer TOKEN'")
     b.add_argument("--subprotocol", action="append", help="offer this subprotocol")
+    _add_tls_arguments(b)
     b.add_argument("--json", action="store_true", help="print the report as JSON (schema fastws-bench/1)")
     b.add_argument("--compare", metavar="PREVIOUS.json", default=None,
                    help="show the change against a report written by --json")
@@ -795,6 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="piped: after the last line, wait at most this long for replies (s)")
     c.add_argument("--max-size", type=int, default=64 << 20, help="largest message accepted")
     c.add_argument("--no-compression", action="store_true")
+    _add_tls_arguments(c)
     c.set_defaults(func=cmd_connect)
 
     build_bench_parser(sub, [common])

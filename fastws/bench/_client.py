@@ -26,20 +26,20 @@ class ClientFactory:
     """Opens listener-driven client connections to one URL.
 
     Args:
-        url: ``ws://host:port/path``. Only plain ``ws://`` is supported for load
-            (wss:// works too, with the system's default TLS context).
+        url: ``ws://host:port/path`` or ``wss://...``.
         compression: offer permessage-deflate.
         subprotocols: offered subprotocols.
         headers: extra request headers.
         max_size: largest incoming message.
         open_timeout: bound on TCP connect plus handshake, seconds.
         ping_interval: client keepalive (0: off, the default for load).
+        ssl_context: for wss:// (default: the system's default context).
     """
 
     def __init__(self, url: str, *, compression: bool = False, subprotocols: Sequence[str] = (),
                  headers: Sequence[tuple[str, str]] = (), max_size: int = 64 << 20,
                  open_timeout: float = 10.0, ping_interval: float = 0.0, close_timeout: float = 5.0,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 ssl_context: Any = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.url = url
         self.secure, self.host, self.port, self.target, self.host_header = parse_url(url)
         self.compression = CompressionOptions(client_no_context_takeover=True) if compression else None
@@ -55,7 +55,7 @@ class ClientFactory:
         if self.secure:
             import ssl
 
-            self._ssl = ssl.create_default_context()
+            self._ssl = ssl_context or ssl.create_default_context()
         self._addr: tuple[Any, ...] | None = None
 
     def with_target(self, target: str) -> ClientFactory:

@@ -62,6 +62,8 @@ class BenchConfig:
     drain_timeout: float = 5.0
     headers: list[tuple[str, str]] = field(default_factory=list)
     subprotocols: list[str] = field(default_factory=list)
+    cafile: str | None = None   #: wss://: trust this CA bundle
+    insecure: bool = False      #: wss://: do not verify the server's certificate
 
     #: hard cap on messages per connection when num is 0
     MAX_NUM = 100_000_000
@@ -129,6 +131,18 @@ class Tally:
         d["errors"] = dict(self.errors)
         d["close_codes"] = dict(self.close_codes)
         return d
+
+
+def tls_context(cafile: str | None = None, insecure: bool = False) -> Any:
+    """A client SSLContext for wss://: the system's trust store, or ``cafile``; no verification
+    with ``insecure`` (self-signed test servers)."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def payload_for(cfg: BenchConfig, first: bytes = b"") -> bytes:
@@ -200,7 +214,8 @@ class Load:
         self.t0 = 0.0
         self.num = cfg.num or BenchConfig.MAX_NUM
         self.factory = ClientFactory(cfg.url, compression=cfg.compression, subprotocols=cfg.subprotocols,
-                                     headers=cfg.headers, open_timeout=cfg.open_timeout)
+                                     headers=cfg.headers, open_timeout=cfg.open_timeout,
+                                     ssl_context=tls_context(cfg.cafile, cfg.insecure))
         self.live = 0
         self.grace = 0.0  # extra seconds past --duration (fanout workers that follow the publisher's end)
 

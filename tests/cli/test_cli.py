@@ -38,7 +38,7 @@ class Server:
         self.proc = subprocess.Popen(FASTWS + ["serve", spec, "--port", "0", *extra], cwd=ROOT, env=ENV,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.line = self._readline(20.0)
-        assert " on ws://" in self.line, (self.line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+        assert " on ws://" in self.line or " on wss://" in self.line, (self.line, self.proc.stderr.read() if self.proc.poll() is not None else "")
         self.url = self.line.split(" on ", 1)[1].split()[0]
         self.port = int(self.url.rsplit(":", 1)[1])
 
@@ -511,3 +511,23 @@ def test_bench_progress_bar_on_a_terminal(servers):
     # without a terminal (every other test): no bar at all
     p = run("bench", servers["echo"], "-c", "1", "-n", "5")
     assert "\r[" not in p.stdout + p.stderr
+
+
+def test_connect_and_bench_over_tls(tmp_path):
+    from tests.integration.test_tls import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    srv = Server("examples.echo:app", "--ssl-certfile", cert, "--ssl-keyfile", key)
+    try:
+        url = srv.url
+        assert url.startswith("wss://127.0.0.1:")
+        p = run("connect", url, "--cafile", cert, "-x", "over tls")
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "over tls"
+        p = run("connect", url, "-x", "x")  # a self-signed certificate is refused without --cafile/-k
+        assert p.returncode == 1 and "certificate" in one_error_line(p).lower()
+        code, doc = bench_json(url, "-c", "2", "-n", "20", "--insecure")
+        assert code == 0, doc["errors"]
+        assert doc["metrics"]["messages_received"] == 40
+    finally:
+        assert srv.stop() == 0
