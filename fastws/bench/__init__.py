@@ -74,6 +74,21 @@ class Progress:
             self.stream.flush()
 
 
+def raise_nofile(want: int) -> int:
+    """Raise the soft open-files limit towards ``want`` (at most the hard limit); returns the new limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
 def _shares(cfg: BenchConfig, procs: int) -> list[tuple[int, int]]:
     """(first connection index, connections) per worker; chat rooms never span two workers."""
     unit = cfg.room_size if cfg.mode == "chat" else 1
@@ -142,6 +157,7 @@ def run_bench(cfg: BenchConfig, *, progress: Progress | None = None, server_pid:
         ValueError: a bad configuration.
     """
     cfg.validate()
+    raise_nofile(cfg.count + 2 + 256)  # a socket per connection, plus the publisher and some slack
     started = time.time()
     stop = {"flag": False}
     old = signal.getsignal(signal.SIGINT)
