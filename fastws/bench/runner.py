@@ -949,7 +949,7 @@ class ChatLoad(Load):
         c.sends.append(perf())
         body = orjson.dumps({"content": f"{self.nonce}:{c.me}:{c.seq}:{self.filler}"})
         try:
-            c.conn.send(body.decode("utf-8"))
+            c.conn.send(body, binary=False)  # TEXT, without decoding the JSON again
         except Exception as exc:
             self.tally.error(_describe(exc))
             return False
