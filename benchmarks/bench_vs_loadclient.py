@@ -6,7 +6,8 @@ Starts ``fastws serve examples.echo:app`` pinned to core 0 (``taskset``, when th
 than one core), then for each round and each connection count runs both clients pinned to
 core 1, in alternating order: ``../shared/perf/loadclient.py --mode echo`` (pre-framed raw
 uvloop sockets: the cheapest possible client) and ``fastws bench --mode echo -n 0 -d D``.
-Both keep one message in flight per connection. Prints a markdown table of medians:
+Both keep one message in flight per connection; a third row runs ``fastws bench --inflight K``
+(K messages in flight per connection: a different, pipelined load, shown for the headroom). Prints a markdown table of medians:
 messages/s, the client's CPU per message and the server's CPU per message (from /proc).
 Loopback only; every run is bounded by --duration.
 """
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOADCLIENT = os.environ.get("FASTWS_LOADCLIENT", os.path.join(ROOT, "..", "shared", "perf", "loadclient.py"))
@@ -52,10 +54,11 @@ def run_loadclient(port: int, pid: int, conns: int, size: int, duration: float) 
     return {"msgs_per_s": rate, "client_us": r["client_cpu"] / rate * 1e6, "server_us": r["server_cpu"] / rate * 1e6}
 
 
-def run_bench(port: int, pid: int, conns: int, size: int, duration: float) -> dict[str, float]:
+def run_bench(port: int, pid: int, conns: int, size: int, duration: float, inflight: int = 1) -> dict[str, float]:
     fastws = os.path.join(os.path.dirname(sys.executable), "fastws")
     out = subprocess.run(pin(1) + [fastws, "bench", f"ws://127.0.0.1:{port}/", "-c", str(conns), "-n", "0",
-                                   "-s", str(size), "-d", str(duration), "--server-pid", str(pid), "--json", "-q"],
+                                   "-s", str(size), "-d", str(duration), "--server-pid", str(pid), "--json", "-q",
+                                   "--inflight", str(inflight)],
                          capture_output=True, text=True, timeout=duration + 60).stdout
     d = json.loads(out)
     m = d["metrics"]
@@ -72,6 +75,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--conns", default="1,64")
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--inflight", type=int, default=4,
+                   help="also run fastws bench with this many messages in flight per connection (0: skip)")
     a = p.parse_args()
     port = free_port()
     fastws = os.path.join(os.path.dirname(sys.executable), "fastws")
@@ -82,7 +87,11 @@ def main() -> None:
         assert server.stdout is not None
         server.stdout.readline()
         results: dict[tuple[str, int], list[dict[str, float]]] = {}
-        clients = [("loadclient.py (raw)", run_loadclient), ("fastws bench", run_bench)]
+        clients: list[tuple[str, Any]] = [("loadclient.py (raw)", run_loadclient), ("fastws bench", run_bench)]
+        if a.inflight > 1:
+            k = a.inflight
+            clients.append((f"fastws bench --inflight {k}",
+                            lambda port, pid, c, size, d: run_bench(port, pid, c, size, d, k)))
         for rnd in range(a.rounds):
             for conns in [int(c) for c in a.conns.split(",")]:
                 order = clients if rnd % 2 == 0 else clients[::-1]

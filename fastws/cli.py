@@ -701,7 +701,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from None
     cfg = BenchConfig(url=args.url, mode=args.mode, count=args.count, num=args.num, size=args.size,
                       rate=args.rate, duration=args.duration, compression=args.compression, text=args.text,
-                      procs=args.procs, concurrency=args.concurrency, window=args.window,
+                      procs=args.procs, concurrency=args.concurrency, window=args.window, inflight=args.inflight,
                       room_size=args.room_size, open_timeout=args.timeout, drain_timeout=args.drain_timeout,
                       headers=_headers(args), subprotocols=args.subprotocol or [], cafile=args.cafile,
                       insecure=args.insecure)
@@ -757,6 +757,8 @@ def build_bench_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     b.add_argument("--window", type=_positive_int, default=16,
                    help="fanout: publishes in flight ahead of the slowest subscriber (default 16)")
     b.add_argument("--room-size", type=_positive_int, default=10, help="chat: members per room (default 10)")
+    b.add_argument("--inflight", type=_positive_int, default=1,
+                   help="echo: messages in flight per connection (default 1: strict request/response)")
     b.add_argument("--timeout", type=float, default=10.0, help="handshake timeout per connection (s)")
     b.add_argument("--drain-timeout", type=float, default=5.0,
                    help="wait at most this long for replies in flight at the end (s)")

@@ -57,6 +57,7 @@ class BenchConfig:
     procs: int = 1              #: worker processes
     concurrency: int = 100      #: handshakes in flight while connecting
     window: int = 16            #: fanout: publishes in flight before the slowest subscriber catches up
+    inflight: int = 1           #: echo: messages in flight per connection (closed loop)
     room_size: int = 10         #: chat: members per room
     open_timeout: float = 10.0
     drain_timeout: float = 5.0
@@ -73,7 +74,7 @@ class BenchConfig:
         parse_url(self.url)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
-        for name in ("count", "procs", "concurrency", "window", "room_size"):
+        for name in ("count", "procs", "concurrency", "window", "room_size", "inflight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.num < 0 or self.size < 0 or self.rate < 0:
@@ -452,6 +453,27 @@ class _EchoConn(_Base):
             self.finished_ok = True
 
 
+class _EchoPipelined(_EchoConn):
+    """Closed loop with ``inflight`` messages in flight: each reply sends one more
+    (replies come back in order, so the oldest send time is the reply's)."""
+
+    __slots__ = ()
+
+    def on_message(self, ws: Connection, msg: Message) -> None:
+        now = perf()
+        sends = self.sends
+        self.rec(now - sends.popleft())
+        self.n += 1
+        if len(msg) != self.size:
+            self.bad += 1
+        if self.left:
+            self.left -= 1
+            sends.append(now)
+            ws.send(self.payload)
+        elif not sends:
+            self.finished_ok = True
+
+
 class _EchoPaced(_EchoConn):
     """Open loop (--rate): the ticker sends; replies come back in order."""
 
@@ -471,7 +493,12 @@ class EchoLoad(Load):
     or all connections together send at ``rate`` messages/s (open loop)."""
 
     def make_listener(self, index: int) -> _EchoConn:
-        lst = _EchoPaced(self) if self.cfg.rate else _EchoConn(self)
+        if self.cfg.rate:
+            lst: _EchoConn = _EchoPaced(self)
+        elif self.cfg.inflight > 1:
+            lst = _EchoPipelined(self)
+        else:
+            lst = _EchoConn(self)
         lst.left = self.num
         lst.t = 0.0
         lst.n = 0
@@ -501,9 +528,11 @@ class EchoLoad(Load):
             return
         now = perf()
         for lst in self.listeners:
-            lst.left -= 1
-            lst.t = now
-            lst.conn.send(self.payload)
+            for _ in range(min(self.cfg.inflight, lst.left)):
+                lst.left -= 1
+                lst.t = now
+                lst.sends.append(now)
+                lst.conn.send(self.payload)
 
     def tick(self) -> None:
         if not self.cfg.rate:

@@ -340,6 +340,15 @@ def test_bench_echo_json(servers):
     assert m["compressed_connections"] == 0
 
 
+def test_bench_echo_inflight(servers):
+    code, doc = bench_json(servers["echo"], "-c", "3", "-n", "50", "--inflight", "4")
+    assert code == 0, doc["errors"]
+    m = doc["metrics"]
+    assert m["messages_sent"] == 150 and m["messages_received"] == 150 and m["lost"] == 0
+    assert sum(b["count"] for b in doc["latency_histogram"]) == 150  # a latency per reply
+    assert doc["options"]["inflight"] == 4
+
+
 def test_bench_echo_compression_and_text(servers):
     code, doc = bench_json(servers["echo"], "-c", "2", "-n", "20", "-s", "2000", "--compression", "--text")
     assert code == 0, doc["errors"]
