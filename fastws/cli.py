@@ -746,7 +746,7 @@ def build_bench_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
                    help="messages per connection (fanout: publishes; 0: until --duration). Default 100")
     b.add_argument("--size", "-s", type=int, default=64, help="payload bytes (default 64)")
     b.add_argument("--rate", "-r", type=float, default=0.0,
-                   help="messages/s over all connections (storm: connections/s); 0 (default): as fast as "
+                   help="messages/s over all connections (fanout: publishes/s; storm: connections/s); 0 (default): as fast as "
                         "the server answers, one message in flight per connection")
     b.add_argument("--duration", "-d", type=float, default=10.0, help="seconds of load at most (default 10)")
     b.add_argument("--compression", action="store_true", help="offer permessage-deflate (compressible payloads)")

@@ -159,7 +159,9 @@ def payload_for(cfg: BenchConfig, first: bytes = b"") -> bytes:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, InvalidHandshake):
-        return f"handshake refused: {exc}"
+        if getattr(exc, "status", 0):
+            return f"handshake refused: {exc}"
+        return f"handshake failed: {exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, OSError):

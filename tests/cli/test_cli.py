@@ -458,6 +458,27 @@ def test_bench_refused():
     assert time.monotonic() - t0 < 20
 
 
+def test_bench_server_that_never_answers_the_handshake():
+    with socket.socket() as s:  # the kernel accepts the TCP connections; nobody ever reads them
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        t0 = time.monotonic()
+        code, doc = bench_json(f"ws://127.0.0.1:{s.getsockname()[1]}/", "-c", "3", "--timeout", "0.5")
+    assert code == 1
+    assert doc["metrics"]["connect_failures"] == 3
+    assert doc["errors"][0]["message"].startswith("handshake failed: timed out opening")
+    assert time.monotonic() - t0 < 15
+
+
+def test_bench_server_refuses_the_upgrade(servers):
+    # a plain HTTP answer (the echo server's 426 for a path it does not upgrade is not needed:
+    # a wrong Sec-WebSocket-Version header is refused with 426 by every fastws server)
+    code, doc = bench_json(servers["echo"], "-c", "2", "-H", "Sec-WebSocket-Version: 8")
+    assert code == 1
+    assert doc["metrics"]["connections"] == 0
+    assert any(e["message"].startswith("handshake refused") for e in doc["errors"]), doc["errors"]
+
+
 def test_bench_server_dies_mid_run():
     srv = Server("examples.echo:app")
     proc = subprocess.Popen(FASTWS + ["bench", srv.url, "-c", "4", "-n", "0", "-d", "30", "--json"], cwd=ROOT,
