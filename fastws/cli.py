@@ -461,18 +461,34 @@ class _Session:
         self.first: asyncio.Future[str | bytes] = self.loop.create_future()
         self.last_rx = time.monotonic()
         self.ws: Any = None
+        # messages that arrive with the handshake response are shown after the "connected" line
+        self._held: list[tuple[bool, str]] | None = []
 
     # -- output
+    def release(self) -> None:
+        held, self._held = self._held, None
+        for is_status, text in held or ():
+            (self.status if is_status else self.out)(text)
+
     def out(self, text: str) -> None:
+        if self._held is not None:
+            self._held.append((False, text))
+            return
+        self._write_out(text)
+
+    def _write_out(self, text: str) -> None:
         if self.interactive:
             sys.stdout.write(f"\r\x1b[K{text}\n> ")
         else:
             sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
-    def status(self, text: str) -> None:
+    def status(self, text: str, now: bool = False) -> None:
+        if self._held is not None and not now:
+            self._held.append((True, text))
+            return
         if self.interactive:
-            self.out(f"* {text}")
+            self._write_out(f"* {text}")
         else:
             sys.stderr.write(f"* {text}\n")
             sys.stderr.flush()
@@ -582,9 +598,10 @@ class _Session:
             if self.interactive:
                 proto = f", subprotocol {ws.subprotocol}" if ws.subprotocol else ""
                 comp = ", permessage-deflate" if ws.compression is not None else ""
-                self.status(f"connected to {a.url}{proto}{comp} (/help for commands, Ctrl-D to close)")
+                self.status(f"connected to {a.url}{proto}{comp} (/help for commands, Ctrl-D to close)", now=True)
             elif ws.subprotocol:
-                self.status(f"subprotocol {ws.subprotocol}")
+                self.status(f"subprotocol {ws.subprotocol}", now=True)
+            self.release()
             if a.execute is not None:
                 return await self._execute()
             queue: asyncio.Queue[bytes | None] = asyncio.Queue()

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import logging
+
 import orjson
 
 from fastws.bench._client import ClientFactory
@@ -34,6 +36,8 @@ from fastws.connection import Connection, Listener, Message
 from fastws.exceptions import InvalidHandshake
 
 __all__ = ["BenchConfig", "Coord", "MODES", "run_load", "PUBLISH"]
+
+logger = logging.getLogger("fastws.bench")
 
 MODES = ("echo", "storm", "fanout", "chat")
 PUBLISH = 0x50  # b"P": the fan-out room contract (../shared/fanout/servers/_common.py)
@@ -359,6 +363,7 @@ class Load:
                 own0 = _self_cpu()
                 self.t0 = perf()
                 self.running = True
+                logger.debug("fastws bench: load phase started (%d connections open)", len(self.conns))
                 self.start()
                 try:  # the ticker ends the load phase; this is the backstop if it cannot
                     await asyncio.wait_for(self.done.wait(), self.cfg.duration + self.grace + 5.0)

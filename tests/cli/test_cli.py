@@ -478,11 +478,27 @@ def test_bench_server_refuses_the_upgrade(servers):
     assert any(e["message"].startswith("handshake refused") for e in doc["errors"]), doc["errors"]
 
 
+def wait_for_load(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Read the bench's stderr (run with --log-level debug) until its load phase started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([proc.stderr], [], [], 0.1)
+        if r:
+            line = proc.stderr.readline()
+            if "load phase started" in line:
+                time.sleep(0.3)  # some messages go back and forth
+                return
+            if not line:
+                break
+    raise AssertionError("the load phase did not start")
+
+
 def test_bench_server_dies_mid_run():
     srv = Server("examples.echo:app")
-    proc = subprocess.Popen(FASTWS + ["bench", srv.url, "-c", "4", "-n", "0", "-d", "30", "--json"], cwd=ROOT,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    proc = subprocess.Popen(FASTWS + ["--log-level", "debug", "bench", srv.url, "-c", "4", "-n", "0", "-d", "30",
+                                      "--json"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for_load(proc)
     srv.proc.kill()
     srv.proc.wait(5)
     out, err = proc.communicate(timeout=20)  # the run ends when every connection is gone, not after 30 s
@@ -495,9 +511,11 @@ def test_bench_server_dies_mid_run():
 
 @pytest.mark.parametrize("procs", ["1", "2"])
 def test_bench_ctrl_c_prints_partial_summary(servers, procs):
-    proc = subprocess.Popen(FASTWS + ["bench", servers["echo"], "-c", "3", "-n", "0", "-d", "30", "-p", procs],
+    proc = subprocess.Popen(FASTWS + ["--log-level", "debug", "bench", servers["echo"], "-c", "3", "-n", "0", "-d",
+                                      "30", "-p", procs],
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    wait_for_load(proc)  # with -p 2: the first worker's line; the other starts within milliseconds
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
