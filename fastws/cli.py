@@ -295,8 +295,11 @@ class Supervisor:
         self._reserve = sock
 
     def _child(self, slot: int) -> None:
+        from fastws.bench import die_with_parent
+
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent stops us with SIGTERM
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        die_with_parent(signal.SIGTERM)  # graceful shutdown even when the parent is SIGKILLed
         if self._reserve is not None:
             self._reserve.close()
         code = 0

@@ -89,6 +89,21 @@ def raise_nofile(want: int) -> int:
     return int(soft)
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a forked worker: get ``sig`` when the parent process dies, even by SIGKILL (Linux
+    ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing), so no worker outlives its supervisor."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), sig)
+
+
 def _shares(cfg: BenchConfig, procs: int) -> list[tuple[int, int]]:
     """(first connection index, connections) per worker; chat rooms never span two workers."""
     unit = cfg.room_size if cfg.mode == "chat" else 1
@@ -123,6 +138,7 @@ def _worker(cfg: BenchConfig, first: int, count: int, index: int, stop_event: An
             results: Any, server_pid: int, shared: tuple[Any, ...] | None) -> None:
     """One worker process: its share of the connections; counters for the parent's progress bar."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent relays Ctrl-C through stop_event
+    die_with_parent(signal.SIGKILL)
     import dataclasses
 
     share = dataclasses.replace(cfg, count=count, rate=cfg.rate * count / cfg.count if cfg.rate else 0.0)

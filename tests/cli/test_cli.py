@@ -38,7 +38,9 @@ class Server:
         self.proc = subprocess.Popen(FASTWS + ["serve", spec, "--port", "0", *extra], cwd=ROOT, env=ENV,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.line = self._readline(20.0)
-        assert " on ws://" in self.line or " on wss://" in self.line, (self.line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+        if " on ws://" not in self.line and " on wss://" not in self.line:
+            self.stop(signal.SIGKILL)
+            raise AssertionError(f"no ready line: {self.line!r} {self.stderr()!r}")
         self.url = self.line.split(" on ", 1)[1].split()[0]
         self.port = int(self.url.rsplit(":", 1)[1])
 
@@ -46,7 +48,7 @@ class Server:
         assert self.proc.stdout is not None
         r, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not r:
-            self.stop()
+            self.stop(signal.SIGKILL)
             raise AssertionError("server did not print its ready line")
         return self.proc.stdout.readline()
 
@@ -177,6 +179,20 @@ def test_serve_workers_share_the_port_and_stop(tmp_path):
     assert "restarting it" in err and "Traceback" not in err
     for pid in workers[1:] + list(pids):
         assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)
+
+
+def test_serve_workers_exit_with_a_killed_supervisor():
+    srv = Server("examples.echo:app", "--workers", "2")
+    workers = [int(x) for x in srv.line.rsplit("workers ", 1)[1].rstrip(")\n").split(",")]
+    srv.stop(signal.SIGKILL)  # no chance to stop them itself
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not all(_gone(pid) for pid in workers):
+        time.sleep(0.05)
+    assert all(_gone(pid) for pid in workers)
+
+
+def _gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:
