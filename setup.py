@@ -48,9 +48,13 @@ if TRACE:
 
 from Cython.Build import cythonize  # noqa: E402  (a build requirement in pyproject.toml)
 
+# fastws bench's per-message listener (fastws/bench/_echo.pyx)
+bench_echo = Extension("fastws.bench._echo", ["fastws/bench/_echo.pyx"], define_macros=macros,
+                       extra_compile_args=cflags)
+
 setup(
     ext_modules=cythonize(
-        [ext("_frames"), ext("_protocol")],
+        [ext("_frames"), ext("_protocol"), bench_echo],
         compiler_directives=directives,
         annotate=ANNOTATE,
     ),

@@ -30,6 +30,8 @@ import logging
 import orjson
 
 from fastws.bench._client import ClientFactory
+from fastws.bench._echo import EchoConn as _EchoHot
+from fastws.bench._echo import now as _echo_now
 from fastws.bench.stats import Samples
 from fastws.client import parse_url
 from fastws.connection import Connection, Listener, Message
@@ -433,7 +435,8 @@ class _Base(Listener):
 
 
 class _EchoConn(_Base):
-    """Closed loop: one message in flight; the next is sent from the reply's callback."""
+    """Closed loop: one message in flight; the next is sent from the reply's callback.
+    (What ``fastws/bench/_echo.pyx`` does in C; the base of the two variants below.)"""
 
     __slots__ = ("left", "t", "n", "bad", "rec", "payload", "size", "sends")
     left: int
@@ -499,13 +502,19 @@ class EchoLoad(Load):
     """Round trips: each connection sends a message and waits for its echo (closed loop),
     or all connections together send at ``rate`` messages/s (open loop)."""
 
-    def make_listener(self, index: int) -> _EchoConn:
+    def make_listener(self, index: int) -> Any:
+        if not self.cfg.rate and self.cfg.inflight == 1:
+            # the common case, in C (fastws/bench/_echo.pyx)
+            hot = _EchoHot(self, self.tally.latency.data)
+            hot.left = self.num
+            hot.payload = self.payload
+            hot.size = len(self.payload)
+            hot.sends = deque()
+            return hot
         if self.cfg.rate:
             lst: _EchoConn = _EchoPaced(self)
-        elif self.cfg.inflight > 1:
-            lst = _EchoPipelined(self)
         else:
-            lst = _EchoConn(self)
+            lst = _EchoPipelined(self)
         lst.left = self.num
         lst.t = 0.0
         lst.n = 0
@@ -533,7 +542,7 @@ class EchoLoad(Load):
     def start(self) -> None:
         if self.cfg.rate:
             return
-        now = perf()
+        now = _echo_now() if self.cfg.inflight == 1 else perf()
         for lst in self.listeners:
             for _ in range(min(self.cfg.inflight, lst.left)):
                 lst.left -= 1
