@@ -30,8 +30,9 @@ import logging
 import orjson
 
 from fastws.bench._client import ClientFactory
-from fastws.bench._echo import EchoConn as _EchoHot
-from fastws.bench._echo import now as _echo_now
+from fastws.bench._listeners import EchoConn as _EchoHot
+from fastws.bench._listeners import FanState, FanSub
+from fastws.bench._listeners import now as _echo_now
 from fastws.bench.stats import Samples
 from fastws.client import parse_url
 from fastws.connection import Connection, Listener, Message
@@ -436,7 +437,7 @@ class _Base(Listener):
 
 class _EchoConn(_Base):
     """Closed loop: one message in flight; the next is sent from the reply's callback.
-    (What ``fastws/bench/_echo.pyx`` does in C; the base of the two variants below.)"""
+    (What ``fastws/bench/_listeners.pyx`` does in C; the base of the two variants below.)"""
 
     __slots__ = ("left", "t", "n", "bad", "rec", "payload", "size", "sends")
     left: int
@@ -504,7 +505,7 @@ class EchoLoad(Load):
 
     def make_listener(self, index: int) -> Any:
         if not self.cfg.rate and self.cfg.inflight == 1:
-            # the common case, in C (fastws/bench/_echo.pyx)
+            # the common case, in C (fastws/bench/_listeners.pyx)
             hot = _EchoHot(self, self.tally.latency.data)
             hot.left = self.num
             hot.payload = self.payload
@@ -659,30 +660,6 @@ class StormLoad(Load):
 # ------------------------------------------------------------------ fanout
 
 
-class _FanSub(_Base):
-    __slots__ = ("n", "verify")
-    n: int
-    verify: bool
-
-    def on_message(self, ws: Connection, msg: Message) -> None:
-        load: FanoutLoad = self.load
-        n = self.n
-        self.n = n + 1
-        if self.verify and (len(msg) != load.size or memoryview(msg)[0] != PUBLISH):
-            load.tally.error("fan-out delivery with the wrong length or marker")
-        reached = load.reached
-        if n >= len(reached):
-            if n >= load.max_pubs:
-                load.tally.error("more deliveries than publishes")
-                return
-            load._grow(n)
-            reached = load.reached
-        c = reached[n] + 1
-        reached[n] = c
-        if c == load.nsubs:
-            load.completed(n)
-
-
 class _FanPub(_Base):
     __slots__ = ("n",)
     n: int
@@ -732,30 +709,32 @@ class FanoutLoad(Load):
         self.size = len(self.payload)
         self.max_pubs = min(self.num, 50_000_000)
         self.reached = array("I", bytes(4 * min(self.max_pubs, 1 << 16)))
+        # the subscribers are FanSub (fastws/bench/_listeners.pyx) sharing this state
+        self.fan = FanState(self, self.reached, self.max_pubs, self.size)
         self.sent_at: array[float] = array("d")
         self.comp: array[float] = array("d")
         self.nsubs = 0
-        self.listeners_subs: list[_FanSub] = []
+        self.listeners_subs: list[FanSub] = []
         self.done_pubs = 0
         self.pub: Connection | None = None
         self._paced = 0
         self._poller: asyncio.Future[None] | None = None
 
-    def make_listener(self, index: int) -> _Base:
+    def make_listener(self, index: int) -> Any:
         if index == 0 and self.is_pub:
             p = _FanPub(self)
             p.n = 0
             return p
-        s = _FanSub(self)
-        s.n = 0
+        s = FanSub(self.fan)
         s.verify = index == (1 if self.is_pub else 0)
         return s
 
     async def open_all(self, n: int) -> None:
         await super().open_all(n + 1 if self.is_pub else n)  # + the publisher (index 0)
         pubs = [lst for lst in self.listeners if isinstance(lst, _FanPub)]
-        self.listeners_subs = [lst for lst in self.listeners if isinstance(lst, _FanSub)]
+        self.listeners_subs = [lst for lst in self.listeners if isinstance(lst, FanSub)]
         self.nsubs = len(self.listeners_subs)
+        self.fan.nsubs = self.nsubs
         if self.is_pub:
             if pubs:
                 self.pub = pubs[0].conn
