@@ -50,11 +50,11 @@ from Cython.Build import cythonize  # noqa: E402  (a build requirement in pyproj
 
 # fastws bench's per-message listeners (fastws/bench/_listeners.pyx)
 bench_listeners = Extension("fastws.bench._listeners", ["fastws/bench/_listeners.pyx"], define_macros=macros,
-                       extra_compile_args=cflags)
+                            extra_compile_args=cflags)
 
 setup(
     ext_modules=cythonize(
-        [ext("_frames"), ext("_protocol"), bench_listeners],
+        [ext("_frames"), ext("_protocol"), ext("_limits"), bench_listeners],
         compiler_directives=directives,
         annotate=ANNOTATE,
     ),

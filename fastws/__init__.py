@@ -5,6 +5,8 @@ high-level ``async for`` API and a zero-copy listener API.
 """
 
 from fastws._frames import CloseCode, Opcode
+from fastws._protocol import broadcast
+from fastws.auth import JWTAuth
 from fastws.client import connect
 from fastws.connection import Connection, Listener, Message
 from fastws.exceptions import (
@@ -19,12 +21,16 @@ from fastws.exceptions import (
     ProtocolError,
 )
 from fastws.handshake import CompressionOptions, Headers, Request, Response
+from fastws.proxy import Proxy
 from fastws.server import Accept, Server, run, serve
+from fastws.app import App  # noqa: E402  (after server: it builds on Accept)
+from fastws.guards import Firewall, Guards, RateLimit, Rule  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Accept",
+    "App",
     "BufferFull",
     "CloseCode",
     "CompressionOptions",
@@ -33,18 +39,25 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "FastWSError",
+    "Firewall",
+    "Guards",
     "HandshakeError",
     "Headers",
     "InvalidHandshake",
+    "JWTAuth",
     "Listener",
     "Message",
     "Opcode",
     "PayloadTooBig",
     "ProtocolError",
+    "Proxy",
+    "RateLimit",
     "Request",
     "Response",
+    "Rule",
     "Server",
     "__version__",
+    "broadcast",
     "connect",
     "run",
     "serve",

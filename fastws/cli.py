@@ -2,13 +2,14 @@
 
 ``fastws serve module:attr`` imports ``attr`` from ``module`` with the current
 directory on ``sys.path`` (as uvicorn does) and serves it. An app may carry a
-``server_options`` dict (for example ``{"max_size": 32 << 20}``); flags given on
-the command line win over it. ``--workers N`` runs N processes that share the
+``server_options`` dict (for example ``{"max_size": 32 << 20}``); a ``--config``
+TOML file wins over it, and flags given on the command line win over both. ``--workers N`` runs N processes that share the
 port with SO_REUSEPORT, each on its own uvloop, supervised by the parent.
 
-The serve command is assembled by two functions that other layers extend:
-:func:`add_serve_arguments` (the flags) and :func:`serve_options` (flags to
-server options).
+The serve command is assembled by functions that other layers extend:
+:func:`add_serve_arguments` (the flags), :func:`resolve_serve_config` (the
+``--config`` file), :func:`serve_options` (server options) and
+:func:`apply_guards` (guard settings).
 
 Exit codes: 0 success; 1 a failed run (a connection that did not close cleanly,
 a benchmark with errors); 2 a usage error (bad flag, unimportable module,
@@ -137,12 +138,24 @@ def _common_parent() -> argparse.ArgumentParser:
     return p
 
 
+class _FirewallRule(argparse.Action):
+    """--allow-ip / --deny-ip append to one ordered list of rules (first match wins)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        rules = list(getattr(namespace, self.dest, None) or [])
+        rules.append({"action": "allow" if option_string == "--allow-ip" else "deny", "ip": values})
+        setattr(namespace, self.dest, rules)
+
+
 def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     """The flags of ``fastws serve`` (extend here; turn them into options in :func:`serve_options`)."""
-    s.add_argument("app", help="module:attribute, e.g. examples.echo:app")
+    s.add_argument("app", nargs="?", default=None,
+                   help="module:attribute, e.g. examples.echo:app (or app = ... in the --config file)")
+    s.add_argument("--config", default=None, metavar="FILE", help="TOML file with [server] and [guards] settings")
     s.add_argument("--app-dir", default=".", help="directory to import the app from (default: the current one)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
     s.add_argument("--workers", type=_positive_int, default=1,
                    help="processes sharing the port with SO_REUSEPORT, each on its own event loop (default 1)")
     s.add_argument("--data-dir", default=None,
@@ -158,20 +171,119 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-uvloop", action="store_true", help="run on asyncio's own event loop")
     s.add_argument("--transport", choices=["auto", "socket", "loop", "aiofastnet"], default=None,
                    help="auto (default): fastws' socket transport for TCP, the loop's for TLS")
+    g = s.add_argument_group("guards (override the app's settings and the --config file's)")
+    g.add_argument("--origin", action="append", metavar="URL", help="allowed Origin for upgrades (repeat)")
+    g.add_argument("--trusted-proxy", action="append", metavar="CIDR",
+                   help="proxy whose X-Forwarded-For is believed (repeat)")
+    g.add_argument("--allow-ip", "--deny-ip", dest="firewall_rules", action=_FirewallRule, metavar="CIDR",
+                   help="firewall rule, evaluated in the order given (repeat)")
+    g.add_argument("--firewall-default", choices=["allow", "deny"], default=None)
+    g.add_argument("--connection-rate", metavar="RATE", help="new connections per client IP, e.g. 10/60s")
+    g.add_argument("--message-rate", metavar="RATE", help="messages per connection, e.g. 100/s")
+    g.add_argument("--user-message-rate", metavar="RATE", help="messages per authenticated user")
+    g.add_argument("--rate-action", choices=["drop", "close", "log"], default=None,
+                   help="over a rate limit: drop (429 for connections), close (1008), log only")
+    g.add_argument("--ban", type=float, default=None, metavar="S", help="refuse a key for S s after a limit trips")
+    g.add_argument("--max-connections", type=int, default=None, metavar="N")
+    g.add_argument("--max-connections-per-ip", type=int, default=None, metavar="N")
+    g.add_argument("--queue-size", type=int, default=None, metavar="N", help="upgrades waiting for a slot (10)")
+    g.add_argument("--queue-timeout", type=float, default=None, metavar="S", help="how long they wait (5 s)")
 
 
 def build_serve_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``sub`` (an argparse subparsers object)."""
     s: argparse.ArgumentParser = sub.add_parser("serve", help="serve module:app", parents=parents,
-                       description="Serve a fastws app (module:attribute).")
+                                                description="Serve a fastws app (module:attribute).")
     add_serve_arguments(s)
     s.set_defaults(func=cmd_serve)
     return s
 
 
+def resolve_serve_config(args: argparse.Namespace) -> None:
+    """Read ``--config`` (if any) into ``args``: the app spec, host, port and TLS files where the
+    command line gives none, the rest of ``[server]`` as ``args.server_config`` and ``[guards]``
+    as ``args.guard_config``. Raises CLIError naming the file and the key."""
+    config = None
+    if args.config:
+        from fastws.config import ConfigError, load_config
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            raise CLIError(str(exc)) from None
+    server_cfg = dict(config.server) if config is not None else {}
+    args.app = args.app or (config.app if config is not None else None)
+    if not args.app:
+        raise CLIError("no app to serve: give module:app (or app = \"module:app\" in the --config file)")
+    host = server_cfg.pop("host", None)
+    port = server_cfg.pop("port", None)
+    certfile = server_cfg.pop("ssl_certfile", None)
+    keyfile = server_cfg.pop("ssl_keyfile", None)
+    args.host = args.host or host or "127.0.0.1"
+    args.port = args.port if args.port is not None else (port if port is not None else 8000)
+    args.ssl_certfile = args.ssl_certfile or certfile
+    args.ssl_keyfile = args.ssl_keyfile or keyfile
+    args.server_config = server_cfg
+    args.guard_config = dict(config.guards) if config is not None else {}
+
+
+def _guard_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Guard settings given as ``fastws serve`` flags."""
+    guards: dict[str, Any] = {}
+    if args.origin:
+        guards["origins"] = args.origin
+    if args.trusted_proxy:
+        guards["trusted_proxies"] = args.trusted_proxy
+    if args.firewall_rules or args.firewall_default:
+        guards["firewall"] = {"rules": args.firewall_rules or [], "default": args.firewall_default or "allow"}
+    for key in ("connection_rate", "message_rate", "user_message_rate"):
+        spec = getattr(args, key)
+        if spec is not None:
+            rate: dict[str, Any] = {"rate": spec}
+            if args.rate_action is not None:
+                rate["action"] = args.rate_action
+            if args.ban is not None:
+                rate["ban"] = args.ban
+            guards[key] = rate
+    for key in ("max_connections", "max_connections_per_ip", "queue_size", "queue_timeout"):
+        if getattr(args, key) is not None:
+            guards[key] = getattr(args, key)
+    if guards:
+        from fastws.config import ConfigError, parse_config
+
+        try:
+            parse_config({"guards": guards}, "command line")
+        except ConfigError as exc:
+            import re
+
+            raise CLIError(re.sub(r"guards\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"),
+                                  str(exc))) from None
+    return guards
+
+
+def apply_guards(args: argparse.Namespace, app: Any) -> Any:
+    """The app with the guard settings of the config file and the flags (flags win); a plain
+    handler or Listener is wrapped in an App when there are any."""
+    guards = dict(getattr(args, "guard_config", None) or {})
+    guards.update(_guard_flags(args))
+    if not guards:
+        return app
+    from fastws.app import App
+
+    if not isinstance(app, App):
+        app = App.wrap(app)
+    try:
+        app.configure(**guards)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"invalid guard settings: {exc}") from None
+    return app
+
+
 def serve_options(args: argparse.Namespace, app: Any) -> dict[str, Any]:
-    """Server options from the app's ``server_options`` and the flags (flags win)."""
+    """Server options: the app's ``server_options``, then the config file's ``[server]``, then
+    the flags (each wins over the one before)."""
     options: dict[str, Any] = dict(getattr(app, "server_options", None) or {})
+    options.update(getattr(args, "server_config", None) or {})
     if args.max_size is not None:
         options["max_size"] = args.max_size
     if args.no_compression:
@@ -186,17 +298,18 @@ def serve_options(args: argparse.Namespace, app: Any) -> dict[str, Any]:
         options["shutdown_timeout"] = args.shutdown_timeout
     if args.transport is not None:
         options["transport"] = args.transport
-    if args.ssl_certfile or args.ssl_keyfile:
-        if not (args.ssl_certfile and args.ssl_keyfile):
-            raise CLIError("--ssl-certfile and --ssl-keyfile go together")
+    certfile, keyfile = args.ssl_certfile, args.ssl_keyfile
+    if certfile or keyfile:
+        if not (certfile and keyfile):
+            raise CLIError("--ssl-certfile needs --ssl-keyfile")
         import ssl
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            ctx.load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
+            ctx.load_cert_chain(certfile, keyfile)
         except (OSError, ssl.SSLError) as exc:
-            raise CLIError(f"cannot load the TLS certificate or key: {exc}") from None
+            raise CLIError(f"cannot load the TLS certificate {certfile!r} / key {keyfile!r}: {exc}") from None
         options["ssl"] = ctx
     return options
 
@@ -229,6 +342,7 @@ def serve_one(args: argparse.Namespace, *, reuse_port: bool = False, on_ready: A
 
     app = load_app(args.app, args.app_dir)
     options = serve_options(args, app)
+    app = apply_guards(args, app)
 
     def ready(server: Any) -> None:
         log.debug("fastws: listening on %s (pid %d)", server.url, os.getpid())
@@ -245,6 +359,7 @@ def serve_one(args: argparse.Namespace, *, reuse_port: bool = False, on_ready: A
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    resolve_serve_config(args)
     if args.data_dir is not None:
         prepare_data_dir(args.data_dir)
     if args.workers == 1:
