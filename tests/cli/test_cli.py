@@ -203,6 +203,22 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+def test_serve_workers_with_config_file_and_guard_flags(tmp_path):
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('app = "examples.echo:app"\n[server]\nport = 0\nmax_size = 100\n')
+    srv = Server(f"--config={cfg}", "--workers", "2", "--origin", "https://ok.example")  # app from the file
+    try:
+        assert "serving examples.echo:app on ws://127.0.0.1:" in srv.line and "with 2 workers" in srv.line
+        p = run("connect", srv.url, "-x", "no origin")
+        assert p.returncode == 1 and "HTTP 403" in one_error_line(p)  # the flag's Origin guard
+        p = run("connect", srv.url, "-H", "Origin: https://ok.example", "-x", "hello")
+        assert p.returncode == 0 and p.stdout.strip() == "hello"
+        p = run("connect", srv.url, "-H", "Origin: https://ok.example", "-x", "x" * 200)
+        assert p.returncode == 1 and "closed 1009" in p.stderr  # [server] max_size = 100
+    finally:
+        assert srv.stop() == 0
+
+
 def test_serve_log_format_json():
     srv = Server("examples.echo:app", "--log-format", "json", "--log-level", "debug")
     assert srv.stop() == 0
