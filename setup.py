@@ -48,9 +48,13 @@ if TRACE:
 
 from Cython.Build import cythonize  # noqa: E402  (a build requirement in pyproject.toml)
 
+# fastws bench's per-message listeners (fastws/bench/_listeners.pyx)
+bench_listeners = Extension("fastws.bench._listeners", ["fastws/bench/_listeners.pyx"], define_macros=macros,
+                            extra_compile_args=cflags)
+
 setup(
     ext_modules=cythonize(
-        [ext("_frames"), ext("_protocol"), ext("_limits")],
+        [ext("_frames"), ext("_protocol"), ext("_limits"), bench_listeners],
         compiler_directives=directives,
         annotate=ANNOTATE,
     ),

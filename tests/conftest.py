@@ -27,6 +27,16 @@ def pytest_asyncio_loop_factories(config, item):
 
 
 @pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """A test that runs ``fastws.cli.main`` in-process reconfigures the root logger: undo it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
 def _fail_on_loop_exceptions(request):
     """Fail a test that triggers the loop's exception handler (uvloop's tearDown rule)
     or that makes fastws log an ERROR with a traceback for a client's fault."""

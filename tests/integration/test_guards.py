@@ -304,8 +304,8 @@ async def test_burst_of_1000_upgrades_against_rate_limit_and_cap(serve):
         assert statuses.get(429, 0) >= 300  # the repeated IP and repeated sprayed ones
         assert set(statuses) <= {101, 429, 503}
         assert len(guards.conn_rate.table) <= 300
-        for _ in range(200):
-            if guards.caps.total == 0:
+        for _ in range(1000):  # slots come back as the server sees each client leave (slow on a busy machine)
+            if guards.caps.total == 0 and guards.caps.waiting == 0:
                 break
             await asyncio.sleep(0.01)
         assert guards.caps.total == 0 and guards.caps.waiting == 0 and guards.caps.by_ip == {}
