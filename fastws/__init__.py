@@ -20,6 +20,7 @@ from fastws.exceptions import (
 )
 from fastws.handshake import CompressionOptions, Headers, Request, Response
 from fastws.server import Accept, Server, run, serve
+from fastws.rooms import Room, RoomRouter  # noqa: E402  (after server: rooms build on it)
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,8 @@ __all__ = [
     "ProtocolError",
     "Request",
     "Response",
+    "Room",
+    "RoomRouter",
     "Server",
     "__version__",
     "connect",
