@@ -79,6 +79,7 @@ async def _drive(coro: Any, yielded: Any) -> Any:
         if yielded is None:
             await asyncio.sleep(0)
         else:
+            yielded._asyncio_future_blocking = False  # as a Task does with what a coroutine yields
             try:
                 await yielded
             except BaseException:
@@ -681,7 +682,9 @@ class RoomSlot:
         except asyncio.CancelledError:
             if not self._consume_timeout(_KIND_NAMES[kind]):
                 raise
-            self._after(ev, None, TimeoutError(f"{_KIND_NAMES[kind]} timed out"))
+            exc = TimeoutError(f"{_KIND_NAMES[kind]} did not finish within {self.ns.room_class.hook_timeout} s")
+            self.hook_failed(ev[1], exc, _KIND_NAMES[kind], log=False)
+            self._after(ev, None, exc)
         except Exception as exc:
             self.hook_failed(ev[1], exc, _KIND_NAMES[kind])
             self._after(ev, None, exc)
@@ -747,9 +750,11 @@ class RoomSlot:
         elif kind == ALARM:
             self._alarm_done(ev[2], exc is not None)
 
-    def hook_failed(self, sock: RoomSocket | None, exc: BaseException, hook: str) -> None:
+    def hook_failed(self, sock: RoomSocket | None, exc: BaseException, hook: str, log: bool = True) -> None:
         """Log a hook's exception once (with the room name) and tell ``on_error``."""
-        if isinstance(exc, StorageFull):
+        if not log:
+            pass
+        elif isinstance(exc, StorageFull):
             logger.error("fastws.rooms: room %r: %s failed: %s", self.name, hook, exc)
         else:
             logger.error("fastws.rooms: room %r: %s failed", self.name, hook, exc_info=exc)

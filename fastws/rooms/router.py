@@ -248,10 +248,10 @@ class RoomRouter:
             t.add_done_callback(ns._evicting.discard)
         slot = ns.slot(name)
         if not request.is_websocket:
-            return self._http(slot, request)
+            return self._http(slot, ws, request)
         st = slot.storage
         if self._custom_accept or st is None or not st.opened:
-            return self._accept_async(slot, request)
+            return self._accept_async(slot, ws, request)
         return Accept(listener=RoomSocket(slot))
 
     async def _open(self, slot: RoomSlot) -> Response | None:
@@ -270,7 +270,11 @@ class RoomRouter:
             slot._schedule_alarm(float(alarm))
         return None
 
-    async def _accept_async(self, slot: RoomSlot, request: Request) -> Any:
+    async def _accept_async(self, slot: RoomSlot, ws: Any, request: Request) -> Any:
+        result = await self._accept_inner(slot, request)
+        return _answer(ws, result) if isinstance(result, Response) else result
+
+    async def _accept_inner(self, slot: RoomSlot, request: Request) -> Any:
         refused = await self._open(slot)
         if refused is not None:
             return refused
@@ -293,15 +297,39 @@ class RoomRouter:
                     return Response(500, "Internal Server Error\n")
         return Accept(listener=sock)
 
-    async def _http(self, slot: RoomSlot, request: Request) -> Response:
+    async def _http(self, slot: RoomSlot, ws: Any, request: Request) -> Response:
         refused = await self._open(slot)
         if refused is not None:
-            return refused
+            return _answer(ws, refused)
         try:
             result = await slot.request(REQUEST, None, request)
         except Exception:
-            return Response(500, "Internal Server Error\n")
-        return _to_response(result)
+            return _answer(ws, Response(500, "Internal Server Error\n"))
+        return _answer(ws, _to_response(result))
+
+
+def _resume_after_response(ws: Any, tries: int = 3) -> None:
+    """Work around the engine: after an asynchronous accept hook answers with a Response, reading
+    stays paused, so the client's close goes unseen until close_timeout. Resume it once the
+    response is written (the connection is CLOSING then)."""
+    transport = getattr(ws, "transport", None)
+    if transport is None or ws.closed:
+        return
+    if ws.state == "CLOSING":
+        try:
+            transport.resume_reading()
+        except Exception:
+            pass
+    elif tries and ws.state == "HANDSHAKE":
+        asyncio.get_running_loop().call_soon(_resume_after_response, ws, tries - 1)
+
+
+def _answer(ws: Any, response: Response) -> Response:
+    try:
+        asyncio.get_running_loop().call_soon(_resume_after_response, ws)
+    except RuntimeError:  # pragma: no cover - no loop
+        pass
+    return response
 
 
 async def _scan_later(ns: _Namespace) -> None:

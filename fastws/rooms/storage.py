@@ -196,13 +196,19 @@ class _Db:
             conn.executescript(_SCHEMA)
             if self.name is not None:
                 conn.execute("INSERT OR IGNORE INTO _fastws_meta (key, value) VALUES ('name', ?)", (self.name,))
-            self.pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            self._count_pages(conn)
         except sqlite3.Error as exc:
             conn.close()
             self.error = StorageError(f"room database {self.path} is unusable: {exc}")
             raise self.error from None
         self.conn = conn
         return self._meta()
+
+    def _count_pages(self, conn: sqlite3.Connection) -> None:
+        """Pages in use (free pages are reused, so they do not count against the quota)."""
+        total = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        self.pages = total - free
 
     def _meta(self) -> dict[str, Any]:
         assert self.conn is not None
@@ -238,7 +244,7 @@ class _Db:
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
                 raise StorageFull(f"room database {self.path} is over its quota of {self.quota} bytes") from None
             raise StorageError(f"commit to {self.path} failed: {exc}") from None
-        self.pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        self._count_pages(conn)
         return int(self.pages * self.page_size)
 
     def get(self, keys: list[str]) -> dict[str, Any]:
@@ -282,7 +288,7 @@ class _Db:
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
                 raise StorageFull(f"room database {self.path} is over its quota of {self.quota} bytes") from None
             raise
-        self.pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        self._count_pages(conn)
         return rows
 
     def close(self) -> None:
