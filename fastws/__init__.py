@@ -5,6 +5,7 @@ high-level ``async for`` API and a zero-copy listener API.
 """
 
 from fastws._frames import CloseCode, Opcode
+from fastws._protocol import broadcast
 from fastws.client import connect
 from fastws.connection import Connection, Listener, Message
 from fastws.exceptions import (
@@ -48,6 +49,7 @@ __all__ = [
     "RoomRouter",
     "Server",
     "__version__",
+    "broadcast",
     "connect",
     "run",
     "serve",

@@ -121,6 +121,7 @@ cdef class FrameParser:
     cdef int _ensure_buf(self, Py_ssize_t need) except -1
     cdef uint8_t* _dest(self, Py_ssize_t n) except NULL
     cdef int _payload_in_place(self, uint8_t* p, Py_ssize_t n) except -1
+    cdef int _payload_checked(self, uint8_t* p, Py_ssize_t n) except -1
     cdef int _end_frame(self) except -1
     cdef int _inflate_frame(self, object compressed) except -1
     cdef int _finish_message(self) except -1

@@ -725,6 +725,10 @@ cdef class FrameParser:
         """Unmask ``n`` payload bytes already at their destination, check UTF-8, advance."""
         if self._masked and n:
             fastws_mask(p, p, n, self._key, self._fpos)
+        return self._payload_checked(p, n)
+
+    cdef int _payload_checked(self, uint8_t* p, Py_ssize_t n) except -1:
+        """``n`` unmasked payload bytes are at their destination: check UTF-8, advance."""
         if self._opcode < 8 and self._msg_opcode == 1 and not self._msg_compressed:
             if fastws_utf8_validate(&self._utf8, p, n) < 0:
                 return self._fail(1007, "invalid UTF-8 in text message")
@@ -915,8 +919,11 @@ cdef class FrameParser:
                     return EV_NEED_MORE
                 take = <Py_ssize_t>remaining if remaining < <uint64_t>(n - pos) else n - pos
                 p = self._dest(take)
-                memcpy(p, data + pos, take)
-                self._payload_in_place(p, take)
+                if self._masked:
+                    fastws_mask(p, data + pos, take, self._key, self._fpos)  # one pass: unmask while copying
+                else:
+                    memcpy(p, data + pos, take)
+                self._payload_checked(p, take)
                 pos += take
                 if self._fpos < self._flen:
                     consumed[0] = pos

@@ -3,7 +3,7 @@
 import asyncio
 import builtins
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastws._frames import Deflate
@@ -48,12 +48,19 @@ class Endpoint:
     loop: asyncio.AbstractEventLoop | None
     connections: set[Connection]
     draining: bool
+    stats_enabled: bool
+    """Keep the latency and duration histograms (the counters are always kept)."""
     def __init__(self, is_client: bool = False, *, max_size: int = ..., max_queue: int = ..., write_limit: int = ...,
                  max_write_buffer: int = ..., ping_interval: float = ..., ping_timeout: float = ...,
                  idle_timeout: float = ..., close_timeout: float = ..., handshake_timeout: float = ...,
                  max_header_size: int = ..., compression: Any = None, accept: Any = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None: ...
     def stop(self) -> None: ...
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the endpoint's C-level counters and histograms: attempted, established,
+        failed, closed, active, http_requests, messages/bytes received and sent, errors,
+        auto_responses, broadcasts, broadcast_skipped, close_codes, refused (by status),
+        latency and duration (cumulative buckets, sum, count; seconds)."""
 
 class Connection(asyncio.BufferedProtocol):
     """One WebSocket connection: the protocol the loop drives and the ``ws`` object handlers receive."""
@@ -92,6 +99,11 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def buffered_amount(self) -> int: ...
     def send(self, data: str | bytes | bytearray | memoryview | Message, *, binary: bool | None = None) -> Awaitable[None]: ...
+    def set_auto_response(self, request: str | bytes | None, response: str | bytes | None = None) -> None:
+        """Answer a TEXT message equal to ``request`` with ``response`` inside the engine (None: off)."""
+    @property
+    def auto_response_timestamp(self) -> float | None:
+        """``time.time()`` of the last auto response, or None."""
     def send_frame(self, opcode: int, data: bytes | str = b"", *, fin: bool = True, rsv1: bool = False) -> Awaitable[None]: ...
     def ping(self, data: bytes | str | None = None) -> asyncio.Future[float]: ...
     def pong(self, data: bytes | str = b"") -> Awaitable[None]: ...
@@ -126,3 +138,8 @@ class SocketTransport:
 
 def attach_socket(endpoint: Endpoint, sock: socket.socket, peername: Any) -> Connection:
     """Run a WebSocket server connection on an accepted, non-blocking socket."""
+
+def broadcast(connections: Iterable[Connection], data: str | bytes | bytearray | memoryview, *,
+              exclude: Connection | None = None, max_buffer: int = 0) -> list[Connection]:
+    """Frame ``data`` once and send it to every open connection (corked to the end of the loop turn);
+    returns the connections skipped because their buffered bytes would exceed ``max_buffer``."""

@@ -34,7 +34,9 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport memcpy, memset
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memset, memcmp
+from posix.time cimport CLOCK_REALTIME
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastws._frames cimport (
@@ -88,6 +90,7 @@ cdef enum:
 cdef enum:
     LARGE_SEND = 65536      # payloads at least this big are written without copying (writev)
     WRITE_SLICE = 262144    # largest single send of a big payload
+    SMALL_READ = 16384      # first read after a large message
 
 
 cdef inline double _now() noexcept nogil:
@@ -272,6 +275,73 @@ cdef class _ReadTarget:
 
 # ---------------------------------------------------------------- endpoint
 
+# ---------------------------------------------------------------- statistics
+#
+# Hot-path counters live in a C struct inside each Endpoint: a few integer
+# additions per message, no Python object. They are read at scrape time
+# (Endpoint.stats()) by fastws.metrics; nothing here knows about Prometheus.
+
+cdef enum:
+    N_LAT = 14              # message latency buckets (+Inf is the last)
+    N_DUR = 10              # connection duration buckets (+Inf is the last)
+    N_CODES = 18            # close codes 1000..1015, 3000-4999 ("app"), other
+    N_STATUS = 12           # refused-handshake statuses (see _STATUSES), other
+
+cdef double[13] LAT_BOUNDS = [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                              0.1, 0.5, 1.0]
+cdef double[9] DUR_BOUNDS = [0.1, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0]
+_STATUSES = (400, 401, 403, 404, 405, 426, 429, 431, 500, 502, 503)
+cdef int[11] _STATUS_C = [400, 401, 403, 404, 405, 426, 429, 431, 500, 502, 503]
+
+ctypedef struct Stats:
+    unsigned long long attempted        # WebSocket upgrade requests
+    unsigned long long established      # opening handshakes completed
+    unsigned long long failed           # upgrade requests that never reached OPEN
+    unsigned long long closed           # established connections that ended
+    unsigned long long http_requests    # plain HTTP requests answered
+    unsigned long long msgs_in
+    unsigned long long bytes_in
+    unsigned long long msgs_out
+    unsigned long long bytes_out
+    unsigned long long errors           # connections failed for a protocol violation or an error
+    unsigned long long auto_responses
+    unsigned long long broadcasts
+    unsigned long long broadcast_skipped
+    unsigned long long close_codes[N_CODES]
+    unsigned long long statuses[N_STATUS]
+    unsigned long long lat_buckets[N_LAT]
+    double lat_sum
+    unsigned long long dur_buckets[N_DUR]
+    double dur_sum
+
+
+cdef inline int _bucket(const double* bounds, int n, double v) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        if v <= bounds[i]:
+            return i
+    return n
+
+
+cdef inline int _code_index(int code) noexcept nogil:
+    if 1000 <= code <= 1015:
+        return code - 1000
+    if 3000 <= code <= 4999:
+        return 16
+    return 17
+
+
+cdef list _cumulative(const unsigned long long* b, const double* bounds, int n):
+    """Prometheus-style cumulative buckets: [(upper bound, count <= bound), ..., (inf, total)]."""
+    cdef list out = []
+    cdef unsigned long long acc = 0
+    cdef int i
+    for i in range(n + 1):
+        acc += b[i]
+        out.append((bounds[i] if i < n else float("inf"), acc))
+    return out
+
+
 cdef class Endpoint:
     """Settings and shared state of every connection of one server (or of the
     client connections of one event loop): limits, timeouts, the cork
@@ -301,6 +371,10 @@ cdef class Endpoint:
     cdef object _sweep_handle
     cdef double _sweep_every
     cdef long _last_trim
+    cdef list _dirty                # connections with broadcast frames waiting for the end of the turn
+    cdef bint _flush_scheduled
+    cdef Stats _st
+    cdef public bint stats_enabled          # latency and duration histograms (counters are always kept)
 
     def __init__(self, bint is_client=False, *, Py_ssize_t max_size=1 << 20, Py_ssize_t max_queue=32,
                  Py_ssize_t write_limit=65536, Py_ssize_t max_write_buffer=16 << 20,
@@ -328,6 +402,9 @@ cdef class Endpoint:
         self._direct_writer = FrameWriter(is_client)
         self._target = _ReadTarget()
         self._sweep_handle = None
+        self._dirty = []
+        memset(&self._st, 0, sizeof(Stats))
+        self.stats_enabled = True
         timeouts = [t for t in (ping_interval, ping_timeout, idle_timeout, close_timeout, handshake_timeout) if t > 0]
         self._sweep_every = min([1.0] + [t / 4 for t in timeouts])
 
@@ -356,6 +433,73 @@ cdef class Endpoint:
             # every ~10 s: free pooled message buffers that sat unused since the last check
             self._last_trim = now_s
             pool_trim(True)
+
+    def stats(self):
+        """A snapshot of this endpoint's counters and histograms (a dict of plain numbers)."""
+        cdef Stats* st = &self._st
+        cdef int i
+        codes = {}
+        for i in range(N_CODES):
+            if st.close_codes[i]:
+                codes[str(1000 + i) if i < 16 else ("app" if i == 16 else "other")] = st.close_codes[i]
+        statuses = {}
+        for i in range(N_STATUS):
+            if st.statuses[i]:
+                statuses[str(_STATUSES[i]) if i < N_STATUS - 1 else "other"] = st.statuses[i]
+        lat_count = 0
+        for i in range(N_LAT):
+            lat_count += st.lat_buckets[i]
+        dur_count = 0
+        for i in range(N_DUR):
+            dur_count += st.dur_buckets[i]
+        return {
+            "attempted": st.attempted,
+            "established": st.established,
+            "failed": st.failed,
+            "closed": st.closed,
+            "active": sum(1 for c in self.connections if (<Connection>c)._state == OPEN),
+            "http_requests": st.http_requests,
+            "messages_received": st.msgs_in,
+            "bytes_received": st.bytes_in,
+            "messages_sent": st.msgs_out,
+            "bytes_sent": st.bytes_out,
+            "errors": st.errors,
+            "auto_responses": st.auto_responses,
+            "broadcasts": st.broadcasts,
+            "broadcast_skipped": st.broadcast_skipped,
+            "close_codes": codes,
+            "refused": statuses,
+            "latency": {"buckets": _cumulative(st.lat_buckets, LAT_BOUNDS, N_LAT - 1),
+                        "sum": st.lat_sum, "count": lat_count},
+            "duration": {"buckets": _cumulative(st.dur_buckets, DUR_BOUNDS, N_DUR - 1),
+                         "sum": st.dur_sum, "count": dur_count},
+        }
+
+    cdef inline void _latency(self, double seconds) noexcept:
+        self._st.lat_buckets[_bucket(LAT_BOUNDS, N_LAT - 1, seconds)] += 1
+        self._st.lat_sum += seconds
+
+    cdef void _refused(self, int status) noexcept:
+        cdef int i
+        for i in range(N_STATUS - 1):
+            if _STATUS_C[i] == status:
+                self._st.statuses[i] += 1
+                return
+        self._st.statuses[N_STATUS - 1] += 1
+
+    def _flush(self):
+        """End of the loop turn: every connection that got broadcast frames writes them in one send."""
+        cdef Connection conn
+        cdef list dirty = self._dirty
+        self._flush_scheduled = False
+        if not dirty:
+            return
+        self._dirty = []
+        for conn in dirty:
+            try:
+                conn._flush_bq()
+            except Exception as exc:  # a bug, not a peer's fault; keep flushing the others
+                logger.error("fastws: error while flushing a broadcast", exc_info=exc)
 
     def stop(self):
         if self._sweep_handle is not None:
@@ -822,6 +966,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         int _state
         bint _corked
         bint _direct
+        bint _expect_large              # the last message was large: read the next header with a small read
+        bint _upgrade                   # the request asked for a WebSocket (counted as attempted)
+        bint _counted_end               # counted as failed or closed already
+        double _established_at
+        double _handed_at               # queue mode: when the message the app is handling was read
         bint _write_copies              # the transport copies what it cannot send at once (aiofastnet)
         SocketTransport _sock           # our own socket transport (C-level writes), or None
         object _hs                      #: ServerHandshake / ClientHandshake during the handshake
@@ -858,6 +1007,12 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         readonly double latency         #: seconds of the last keepalive ping round trip
         public object user              #: free slot for application data (e.g. auth claims)
         public object data              #: free slot for per-connection application data
+        uint8_t* _bq                    # broadcast frames waiting for the end of the loop turn
+        Py_ssize_t _bq_len
+        Py_ssize_t _bq_cap
+        bytes _auto_req                 # engine-level auto response: TEXT request -> response
+        bytes _auto_resp
+        double _auto_ts
         object __weakref__
 
     def __init__(self, Endpoint endpoint not None, *, object handler=None, object listener=None,
@@ -872,6 +1027,104 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self.close_code = 1006
         self.close_reason = ""
         self.latency = 0.0
+
+    def __dealloc__(self):
+        if self._bq != NULL:
+            free(self._bq)
+            self._bq = NULL
+
+    # ------------------------------------------------------------ broadcast queue
+
+    cdef int _bq_add(self, const uint8_t* p, Py_ssize_t n) except -1:
+        """Queue ``p[0:n]`` (whole frames) to leave at the end of this loop turn."""
+        cdef Py_ssize_t cap
+        cdef uint8_t* q
+        cdef Endpoint ep
+        if self._bq_len + n > self._bq_cap:
+            cap = max(self._bq_cap * 2, self._bq_len + n, 256)
+            q = <uint8_t*>realloc(self._bq, cap)
+            if q == NULL:
+                raise MemoryError()
+            self._bq = q
+            self._bq_cap = cap
+        memcpy(self._bq + self._bq_len, p, n)
+        if self._bq_len == 0:
+            ep = self.endpoint
+            ep._dirty.append(self)
+            if not ep._flush_scheduled:
+                ep._flush_scheduled = True
+                self._loop.call_soon(ep._flush)
+        self._bq_len += n
+        return 0
+
+    cdef int _flush_bq(self) except -1:
+        """Write the queued broadcast frames now (before anything sent after them)."""
+        cdef Py_ssize_t n = self._bq_len
+        if n == 0:
+            return 0
+        self._bq_len = 0
+        if self._write is not None and self._state != CLOSED:
+            if self._sock is not None:
+                self._sock.write_c(self._bq, n)
+            else:
+                self._write(PyBytes_FromStringAndSize(<char*>self._bq, n))
+        if self._bq_cap > 65536:
+            free(self._bq)
+            self._bq = NULL
+            self._bq_cap = 0
+        return 0
+
+    cdef Py_ssize_t _buffered(self):
+        cdef Py_ssize_t n = self._bq_len
+        if self._sock is not None:
+            return n + self._sock.buffered()
+        if self.transport is not None:
+            return n + self.transport.get_write_buffer_size()
+        return n
+
+    cdef int _deliver(self, bytes frame, const uint8_t* fp, Py_ssize_t fn, Py_ssize_t hlen) except -1:
+        """Write one pre-built frame (a broadcast): corked with the reply being dispatched,
+        queued to the end of the turn, or, when large, sent by reference at once."""
+        cdef FrameWriter cork
+        if self._corked and fn < LARGE_SEND:
+            cork = self.endpoint._cork
+            cork.reserve(fn)
+            memcpy(cork._data + cork._len, fp, fn)
+            cork._len += fn
+            return 0
+        if fn < LARGE_SEND:
+            return self._bq_add(fp, fn)
+        # large: keep the order, then header + payload by reference
+        if self._corked:
+            self._uncork()
+            self._corked = True
+        self._flush_bq()
+        if self._sock is not None:
+            self._sock.write2_c(fp, hlen, fp + hlen, fn - hlen, frame)
+        else:
+            self._write(frame)
+        return 0
+
+    def set_auto_response(self, object request, object response=None):
+        """Answer a TEXT message equal to ``request`` with the TEXT ``response`` inside the
+        engine, without calling the listener or queueing the message (``None`` turns it off)."""
+        if request is None:
+            self._auto_req = None
+            self._auto_resp = None
+            return
+        if response is None:
+            raise TypeError("set_auto_response needs a response")
+        req = request.encode("utf-8") if isinstance(request, str) else bytes(request)
+        resp = response.encode("utf-8") if isinstance(response, str) else bytes(response)
+        if len(req) == 0 or len(req) > 4096 or len(resp) > 4096:
+            raise ValueError("auto response request and response must be 1-4096 bytes")
+        self._auto_req = req
+        self._auto_resp = resp
+
+    @property
+    def auto_response_timestamp(self):
+        """Wall-clock time (``time.time()``) of the last auto response, or None."""
+        return self._auto_ts if self._auto_ts > 0 else None
 
     # ------------------------------------------------------------ properties
 
@@ -921,8 +1174,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     @property
     def buffered_amount(self):
-        """Bytes written but not yet accepted by the kernel."""
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        """Bytes written (or queued for the end of this loop turn) but not yet accepted by the kernel."""
+        return self._buffered()
 
     def __repr__(self):
         return f"<fastws.Connection {self.state} {self.remote_address}>"
@@ -974,6 +1227,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if p == NULL:
             raise MemoryError()
         out[0] = p
+        if self._expect_large:
+            # after a large message the next one is likely large too: a small first read
+            # gets its header, and the rest goes straight into its buffer (no scratch copy)
+            self._expect_large = False
+            return SMALL_READ
         return FASTWS_SCRATCH_SIZE
 
     def get_buffer(self, Py_ssize_t sizehint):
@@ -1022,6 +1280,19 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc):
         cdef bint first = not self._lost
+        cdef Stats* st = &self.endpoint._st
+        cdef double d
+        if not self._counted_end:
+            self._counted_end = True
+            if self._established_at > 0:
+                st.closed += 1
+                st.close_codes[_code_index(self.close_code)] += 1
+                if self.endpoint.stats_enabled:
+                    d = _now() - self._established_at
+                    st.dur_buckets[_bucket(DUR_BOUNDS, N_DUR - 1, d)] += 1
+                    st.dur_sum += d
+            elif self._upgrade:
+                st.failed += 1
         self._lost = True
         self._state = CLOSED
         self.endpoint._unregister(self)
@@ -1086,6 +1357,9 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._hs = None
         self.request = request
         request.remote_address = self.transport.get_extra_info("peername")
+        if request.is_websocket:
+            self._upgrade = True
+            self.endpoint._st.attempted += 1
         try:
             spec = self.endpoint.accept(self, request)
         except HandshakeError as exc:
@@ -1181,12 +1455,17 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._parser = FrameParser(self.endpoint.is_client, max_size, deflate)
         self._state = OPEN
         self._deadline = 0
-        self._last_recv = _now()
+        self._last_recv = self._established_at = _now()
+        self.endpoint._st.established += 1
+        if self.endpoint.is_client:
+            self._upgrade = True
+            self.endpoint._st.attempted += 1
 
     cdef void _reject(self, object exc):
         """Refuse the handshake with an HTTP status and a one-line reason."""
         logger.debug("fastws: handshake refused %s: %s", self.transport.get_extra_info("peername")
                      if self.transport is not None else None, exc)
+        self._count_refusal(getattr(exc, "status", 400))
         if self.transport is None:
             return
         try:
@@ -1197,8 +1476,18 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     cdef void _respond(self, object response):
         """Answer a plain HTTP request and close."""
+        if self._upgrade:
+            self._count_refusal(response.status)
+        else:
+            self.endpoint._st.http_requests += 1
         self._write(response.to_bytes())
         self._finish_http()
+
+    cdef void _count_refusal(self, int status):
+        if self._upgrade and not self._counted_end:
+            self._counted_end = True
+            self.endpoint._st.failed += 1
+        self.endpoint._refused(status)
 
     cdef void _finish_http(self):
         """After an HTTP response: half-close and read (discarding) until the client closes,
@@ -1295,7 +1584,21 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef Message msg
         cdef object owner = parser.ev_obj
         cdef object item
+        cdef timespec ts
+        cdef Stats* st = &self.endpoint._st
         parser.ev_obj = None
+        self._expect_large = parser.ev_len >= LARGE_SEND
+        st.msgs_in += 1
+        st.bytes_in += parser.ev_len
+        if self._auto_req is not None and parser.ev_opcode == 1 and parser.ev_len == PyBytes_GET_SIZE(self._auto_req) \
+                and memcmp(parser.ev_ptr, PyBytes_AS_STRING(self._auto_req), parser.ev_len) == 0:
+            if not self._close_sent:
+                self._send_raw(1, <uint8_t*>PyBytes_AS_STRING(self._auto_resp), PyBytes_GET_SIZE(self._auto_resp),
+                               False)
+            clock_gettime(CLOCK_REALTIME, &ts)
+            self._auto_ts = ts.tv_sec + ts.tv_nsec * 1e-9
+            st.auto_responses += 1
+            return 0
         if self._listener is not None:
             msg = Message.new(parser.ev_opcode, parser.ev_ptr, parser.ev_len, owner)
             try:
@@ -1304,6 +1607,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 self._listener_error(exc)
             finally:
                 msg._invalidate()
+                if self.endpoint.stats_enabled:
+                    self.endpoint._latency(_now() - self._last_recv)
                 if owner is not None and Py_REFCNT(msg) == 1:
                     # nobody kept the message or its bytes: reuse the buffer for the next one
                     msg._owner = None
@@ -1327,6 +1632,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             if not w.done():
                 w.set_result(item)
                 self._handed = True
+                self._handed_at = self._last_recv
                 return
         if self._queue is None:
             self._queue = _deque()
@@ -1453,6 +1759,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._fail_now(code, reason)
 
     cdef void _fail_now(self, int code, str reason):
+        if not self._close_received:
+            self.endpoint._st.errors += 1
         self._input_closed = True
         if self._parser is not None:
             self._parser.reset()
@@ -1593,6 +1901,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         """Queue one frame: into the cork while dispatching, else straight to the transport."""
         if self._write is None:
             return 0
+        if self._bq_len:
+            self._flush_bq()
         if self._corked:
             self.endpoint._cork.write_frame(opcode, p, n, True, rsv1)
         elif self._sock is not None:
@@ -1628,6 +1938,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             return 0
         self._corked = False
         cork = self.endpoint._cork
+        if self._bq_len:
+            self._flush_bq()
         if cork.size():
             if self._sock is not None:
                 try:
@@ -1651,6 +1963,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef uint8_t key[4]
         cdef Py_ssize_t h
         cdef bint rsv1 = False
+        self.endpoint._st.msgs_out += 1
         if self._deflate is not None and n >= self._deflate.compress_min_size:
             if owner is None or not PyBytes_CheckExact(owner) or PyBytes_GET_SIZE(owner) != n:
                 owner = PyBytes_FromStringAndSize(<char*>p, n)
@@ -1658,6 +1971,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             p = <uint8_t*>PyBytes_AS_STRING(owner)
             n = PyBytes_GET_SIZE(owner)
             rsv1 = True
+        self.endpoint._st.bytes_out += n
         if n >= LARGE_SEND and not self.endpoint.is_client and (
                 self._sock is not None  # copies only what the kernel does not take at once
                 or (owner is not None and PyBytes_CheckExact(owner) and PyBytes_GET_SIZE(owner) == n)):
@@ -1665,6 +1979,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             if self._corked:
                 self._uncork()
                 self._corked = True
+            if self._bq_len:
+                self._flush_bq()
             h = write_header(hdr, opcode, True, rsv1, n, NULL)
             if self._sock is not None:
                 self._sock.write2_c(hdr, h, p, n, owner if owner is not None and PyBytes_CheckExact(owner) else None)
@@ -1740,6 +2056,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._check_room()
         if isinstance(data, str):
             data = (<str>data).encode("utf-8")
+        if self._bq_len:
+            self._flush_bq()
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             if self._corked:
@@ -1831,6 +2149,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         w = self._waiter
         if w is not None and not w.done():
             raise RuntimeError("recv() called while another coroutine is already waiting for a message")
+        if self._handed_at > 0:
+            # the app asks for the next message: the previous one has been handled
+            if self.endpoint.stats_enabled:
+                self.endpoint._latency(_now() - self._handed_at)
+            self._handed_at = 0
         self._handed = False
         fut = self._loop.create_future()
         if self._queue:
@@ -1842,6 +2165,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             if self._read_block & READ_QUEUE and len(self._queue) <= (self.endpoint.max_queue >> 1):
                 self._block_reading(READ_QUEUE, False)
             fut.set_result(item)
+            self._handed_at = self._last_recv
             return fut
         if self._state == CLOSED or self._input_closed:
             fut.set_exception(self._end_exc(anext))
@@ -1896,3 +2220,64 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         elif self._state == HANDSHAKE and self.transport is not None and not self.endpoint.is_client:
             self._state = CLOSED
             self.transport.close()
+
+
+def broadcast(object connections, object data, *, Connection exclude=None, Py_ssize_t max_buffer=0):
+    """Send one message to many server connections, framed once.
+
+    ``data`` is framed once (``str`` as TEXT, bytes-like as BINARY, never
+    compressed) and the same bytes go to every OPEN connection in
+    ``connections`` except ``exclude``. Small frames are queued per connection
+    and leave at the end of the event-loop turn, so everything broadcast to a
+    connection in one turn leaves in one send; the order with the
+    connection's other sends is kept.
+
+    Args:
+        connections: an iterable of server-side :class:`Connection` objects.
+        data: the message.
+        exclude: a connection to skip (for example the sender).
+        max_buffer: when > 0, a connection whose buffered outgoing bytes would
+            exceed this is skipped.
+
+    Returns:
+        The list of connections skipped because of ``max_buffer`` (the caller
+        applies its slow-consumer policy to them).
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t n, fn, hlen
+    cdef const char* p
+    cdef int opcode
+    cdef bytes frame
+    cdef const uint8_t* fp
+    cdef Connection conn
+    cdef list skipped = []
+    if type(data) is str:
+        p = PyUnicode_AsUTF8AndSize(data, &n)
+        frame = build_frame_c(1, <const uint8_t*>p, n, True, False, False)
+    else:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            n = view.len
+            frame = build_frame_c(2, <const uint8_t*>view.buf, n, True, False, False)
+        finally:
+            PyBuffer_Release(&view)
+    fp = <const uint8_t*>PyBytes_AS_STRING(frame)
+    fn = PyBytes_GET_SIZE(frame)
+    hlen = fn - n
+    for obj in connections:
+        if not isinstance(obj, Connection):
+            raise TypeError(f"broadcast() needs fastws connections, got {type(obj).__name__}")
+        conn = <Connection>obj
+        if conn is exclude or conn._state != OPEN or conn._close_sent or conn._write is None:
+            continue
+        if conn.endpoint.is_client:
+            raise ValueError("broadcast() sends server frames; a client connection must mask its own")
+        if max_buffer > 0 and conn._buffered() + fn > max_buffer:
+            skipped.append(conn)
+            conn.endpoint._st.broadcast_skipped += 1
+            continue
+        conn._deliver(frame, fp, fn, hlen)
+        conn.endpoint._st.msgs_out += 1
+        conn.endpoint._st.bytes_out += n
+        conn.endpoint._st.broadcasts += 1
+    return skipped
