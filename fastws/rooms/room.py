@@ -120,7 +120,7 @@ class RoomSocket:
     socket: the connection, its tags and its attachment.
     """
 
-    __slots__ = ("conn", "_slot", "tags", "_att", "_id", "auto_response_timestamp", "__weakref__")
+    __slots__ = ("conn", "_slot", "tags", "_att", "_id", "_auto_ts", "__weakref__")
 
     def __init__(self, slot: RoomSlot, tags: Iterable[str] = (), attachment: Any = None) -> None:
         self.conn: Connection | None = None
@@ -128,7 +128,7 @@ class RoomSocket:
         self.tags: tuple[str, ...] = _check_tags(tags)
         self._att: bytes | None = None
         self._id: str | None = None
-        self.auto_response_timestamp = 0.0
+        self._auto_ts: float | None = None
         if attachment is not None:
             self.attachment = attachment
 
@@ -145,6 +145,12 @@ class RoomSocket:
     def request(self) -> Request | None:
         """The HTTP request that opened the socket."""
         return self.conn.request if self.conn is not None else None
+
+    @property
+    def auto_response_timestamp(self) -> float | None:
+        """When the room's auto response last answered this socket (epoch seconds), or None."""
+        ts = getattr(self.conn, "auto_response_timestamp", None)
+        return ts if ts is not None else self._auto_ts
 
     @property
     def open(self) -> bool:
@@ -206,7 +212,7 @@ class RoomSocket:
         auto = slot.auto
         if auto is not None and msg.opcode == 1 and len(msg) == len(auto[2]) and msg.bytes() == auto[2]:
             ws.send(auto[1])
-            self.auto_response_timestamp = time.time()
+            self._auto_ts = time.time()
             return
         slot.deliver((MESSAGE, self, msg.data(), None, None))
 
@@ -544,8 +550,11 @@ class RoomSlot:
     def _engine_auto(self, sock: RoomSocket) -> None:
         conn = sock.conn
         setter = getattr(conn, "set_auto_response", None)
-        if setter is not None and self.auto is not None:
-            setter(self.auto[0], self.auto[1])
+        if setter is not None:
+            if self.auto is None:
+                setter(None)
+            else:
+                setter(self.auto[0], self.auto[1])
 
     # ------------------------------------------------------------ alarms
 
