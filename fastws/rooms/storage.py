@@ -13,7 +13,8 @@ Theory of operation
    holding that write is committed, so no client sees state a crash would take back.
 4. Reads (``get``/``list``/``sql``) first hand the staged batch to the chain, then run behind it
    on the same connection: a room always reads its own writes.
-5. A quota (``max_page_count``) caps the file; ``put`` refuses up front what would exceed it.
+5. A quota: ``put`` refuses up front (StorageFull) what would take the estimated size over it;
+   the file itself is capped at 1.25 x the quota (``max_page_count``), which also bounds ``sql()``.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ logger = logging.getLogger("fastws.rooms")
 
 _DELETE = object()  # staged tombstone
 _SCHEMA = (
+    # a rowid table: values up to a page stay inline (WITHOUT ROWID would spill any value over
+    # about 1 KB into overflow pages)
     "CREATE TABLE IF NOT EXISTS _fastws_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
-    " bin INTEGER NOT NULL) WITHOUT ROWID;"
+    " bin INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS _fastws_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
 )
 
@@ -192,7 +195,8 @@ class _Db:
                 raise sqlite3.DatabaseError(f"journal_mode is {mode}, not wal")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             self.page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count={max(1, self.quota // self.page_size)}")
+            # hard cap (a backstop behind put()'s estimate, and the limit for sql() writes)
+            conn.execute(f"PRAGMA max_page_count={max(16, (self.quota + self.quota // 4) // self.page_size)}")
             conn.executescript(_SCHEMA)
             if self.name is not None:
                 conn.execute("INSERT OR IGNORE INTO _fastws_meta (key, value) VALUES ('name', ?)", (self.name,))
@@ -457,7 +461,8 @@ class Storage:
         self._put_encoded([(_check_key(k), _encode(v)) for k, v in items])
 
     def _put_encoded(self, encoded: list[tuple[str, tuple[bytes, int]]], deletes: Iterable[str] = ()) -> None:
-        added = sum(len(k) + len(v[0]) + 32 for k, v in encoded)
+        # an estimate of the file space the rows take (page and B-tree overhead included)
+        added = sum((len(k) + len(v[0])) * 3 // 2 + 64 for k, v in encoded)
         if self._size + self._staged_bytes + added > self.quota:
             raise StorageFull(f"room storage quota exceeded ({self.quota} bytes): refused a write of {added} bytes")
         self._stage()

@@ -30,6 +30,7 @@ async def http_get(server, path):
     w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     data = await asyncio.wait_for(r.read(), T)
     w.close()
+    await w.wait_closed()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
 
