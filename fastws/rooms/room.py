@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from fastws.connection import Listener
 from fastws.exceptions import ConnectionClosed, FastWSError
 from fastws.rooms.storage import _DELETE, Storage, StorageError, StorageFull, room_path
 
@@ -58,7 +59,7 @@ class AttachmentTooLarge(FastWSError, ValueError):
 def _jsonable(message: Any) -> str | bytes:
     """What goes on the wire: str as TEXT, bytes as BINARY, anything else as JSON TEXT."""
     if type(message) is str or type(message) is bytes:
-        return message  # type: ignore[no-any-return]
+        return message
     if isinstance(message, (bytearray, memoryview)):
         return bytes(message)
     return orjson.dumps(message).decode("utf-8")
@@ -113,7 +114,7 @@ class AlarmInfo:
         return f"AlarmInfo(retry_count={self.retry_count}, scheduled_time={self.scheduled_time})"
 
 
-class RoomSocket:
+class RoomSocket(Listener):
     """One WebSocket of a room: what room hooks receive as ``ws``.
 
     It is also the engine's listener for that connection, and all a hibernated room keeps per
@@ -200,7 +201,7 @@ class RoomSocket:
 
     # ------------------------------------------------------------ engine listener
 
-    def on_connect(self, ws: Connection) -> None:
+    def on_connect(self, ws: Connection) -> None:  # noqa: D102 - engine callbacks
         self.conn = ws
         slot = self._slot
         if slot.auto is not None:
@@ -240,27 +241,7 @@ def _close_conn(sock: RoomSocket, code: int, reason: str) -> None:
         conn.close(code, reason)
 
 
-def _broadcast_loop(conns: list[Any], data: str | bytes, max_buffer: int) -> list[Any]:
-    """Stand-in for the engine's ``broadcast()``: returns the connections skipped because their
-    buffered bytes exceed ``max_buffer``."""
-    skipped = []
-    for conn in conns:
-        if not conn.open:
-            continue
-        if max_buffer and conn.buffered_amount > max_buffer:
-            skipped.append(conn)
-            continue
-        try:
-            conn.send(data)
-        except ConnectionClosed:
-            pass
-    return skipped
-
-
-try:  # the engine's C-level broadcast (frames once, corks per connection), when available
-    from fastws._protocol import broadcast as _engine_broadcast  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the engine version
-    _engine_broadcast = None
+from fastws._protocol import broadcast as _engine_broadcast  # noqa: E402  (frames once, corks per turn)
 
 
 class Room:
@@ -519,12 +500,8 @@ class RoomSlot:
         self.out(self._broadcast_now, targets, _jsonable(message))
 
     def _broadcast_now(self, targets: list[RoomSocket], data: str | bytes) -> None:
-        conns = [s.conn for s in targets]
-        cap = self.ns.room_class.max_buffered
-        if _engine_broadcast is not None:
-            skipped = _engine_broadcast(conns, data, max_buffer=cap)
-        else:
-            skipped = _broadcast_loop(conns, data, cap)
+        conns = [s.conn for s in targets if s.conn is not None]
+        skipped = _engine_broadcast(conns, data, max_buffer=self.ns.room_class.max_buffered)
         if skipped:
             by_conn = {s.conn: s for s in targets}
             for conn in skipped:
@@ -631,7 +608,7 @@ class RoomSlot:
         room._slot = self
         self.room = room
         try:
-            room.__init__()
+            cls.__init__(room)
         except Exception as exc:
             self.hook_failed(None, exc, "__init__")
 

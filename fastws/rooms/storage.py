@@ -20,6 +20,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import hashlib
 import logging
@@ -261,9 +262,11 @@ class _Db:
                 out[k] = _decode(v, b)
         return out
 
-    def list(self, start: str | None, end: str | None, limit: int | None, reverse: bool) -> list[tuple[str, Any]]:
+    def list_range(self, start: str | None, end: str | None, limit: int | None,
+                   reverse: bool) -> list[tuple[str, Any]]:
         conn = self._c()
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if start is not None:
             where.append("key >= ?")
             args.append(start)
@@ -506,10 +509,10 @@ class Storage:
             pend = _prefix_end(prefix)
             if pend is not None and (hi is None or hi > pend):
                 hi = pend
-        rows = await self._read(self._db.list, lo, hi, limit, reverse)
+        rows = await self._read(self._db.list_range, lo, hi, limit, reverse)
         return dict(rows)
 
-    async def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    async def sql(self, query: str, *args: Any) -> builtins.list[tuple[Any, ...]]:
         """Run one SQL statement on the room's database; returns its rows. Writes are committed
         before this returns (tables starting with ``_fastws`` belong to fastws)."""
         return await self._read(self._db.sql, query, args)  # type: ignore[no-any-return]
