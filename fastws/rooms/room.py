@@ -220,6 +220,7 @@ class RoomSocket(Listener):
     def on_close(self, ws: Connection, code: int, reason: str) -> None:
         slot = self._slot
         slot.sockets.pop(self, None)
+        slot.all_conns = None
         if slot.batcher is not None:
             slot.batcher.discard(self)
         slot.deliver((CLOSE, self, code, reason, code != 1006))
@@ -382,7 +383,7 @@ class RoomSlot:
 
     __slots__ = ("ns", "name", "room", "sockets", "queue", "busy", "task", "blockers", "last_event",
                  "storage", "gate", "dropped", "auto", "batcher", "alarm_at", "alarm_handle",
-                 "alarm_retry", "hook_started", "timed_out", "current", "closed", "__weakref__")
+                 "alarm_retry", "hook_started", "timed_out", "current", "closed", "all_conns", "__weakref__")
 
     def __init__(self, ns: _Namespace, name: str) -> None:
         self.ns = ns
@@ -406,6 +407,7 @@ class RoomSlot:
         self.timed_out = False
         self.current: tuple[Any, ...] | None = None
         self.closed = False
+        self.all_conns: list[Any] | None = None  # cached connections of every socket (for broadcast)
         cls = ns.room_class
         if cls.batch:
             from fastws._batch import Batcher
@@ -487,6 +489,14 @@ class RoomSlot:
             excl = (exclude,)
         else:
             excl = set(exclude)
+        if tag is None and not excl and (self.batcher is None or type(message) is bytes):
+            # the common case: everyone; the connection list is cached between joins and leaves
+            conns = self.all_conns
+            if conns is None:
+                conns = self.all_conns = [s.conn for s in self.sockets if s.conn is not None]
+            if conns:
+                self.out(self._broadcast_conns, conns, _jsonable(message))
+            return
         if tag is None:
             targets = [s for s in self.sockets if s not in excl] if excl else list(self.sockets)
         else:
@@ -498,6 +508,15 @@ class RoomSlot:
                 self.batch_add(s, message)
             return
         self.out(self._broadcast_now, targets, _jsonable(message))
+
+    def _broadcast_conns(self, conns: list[Any], data: str | bytes) -> None:
+        skipped = _engine_broadcast(conns, data, max_buffer=self.ns.room_class.max_buffered)
+        if skipped:
+            by_conn = {s.conn: s for s in self.sockets}
+            for conn in skipped:
+                sock = by_conn.get(conn)
+                if sock is not None:
+                    self._slow(sock, data)
 
     def _broadcast_now(self, targets: list[RoomSocket], data: str | bytes) -> None:
         conns = [s.conn for s in targets if s.conn is not None]
@@ -693,9 +712,13 @@ class RoomSlot:
                 # a socket joins when its connect event runs: it sees nothing sent before
                 if sock.conn is not None and sock.conn.open:
                     self.sockets[sock] = None
+                    self.all_conns = None
+                    if self.auto is not None:
+                        self._engine_auto(sock)
                 r = room.on_connect(sock)
             elif kind == CLOSE:
                 self.sockets.pop(sock, None)
+                self.all_conns = None
                 r = room.on_close(sock, a, b, c)
             elif kind == REQUEST:
                 r = room.on_request(a)

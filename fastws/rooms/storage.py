@@ -401,7 +401,8 @@ class Storage:
         if exc is not None:
             logger.error("fastws.rooms: %s", exc)
             if self._on_failure is not None:
-                self._on_failure(seq, exc)
+                self._on_failure(seq, exc)  # drops what was waiting for this batch
+            self._committed = max(self._committed, seq)  # done with it: later output may leave
             return
         self._size = fut.result()
         self._committed = max(self._committed, seq)

@@ -374,3 +374,45 @@ async def test_batches_of_ten_then_by_time(serve, tmp_path):
     flat = [m for f in frames for m in f["messages"]]
     assert flat == [{"n": i} for i in range(24)] + [{"done": True}]
     await ws.close()
+
+
+class Fragile(Room):
+    created = 0
+
+    def __init__(self) -> None:
+        Fragile.created += 1
+
+    async def on_message(self, ws, message):
+        if message != "read":
+            await self.storage.put("v", message)
+        ws.send(f"{Fragile.created}:{await self.storage.get('v')}")
+
+
+async def test_a_failed_commit_sends_nothing_that_depended_on_it(serve, tmp_path, monkeypatch):
+    Fragile.created = 0
+    original = storage_mod._Db.commit
+    fail = {"next": False}
+
+    def flaky_commit(self, kv, meta, delete_all):
+        if fail["next"]:
+            fail["next"] = False
+            raise storage_mod.StorageError("disk I/O error (injected)")
+        return original(self, kv, meta, delete_all)
+
+    monkeypatch.setattr(storage_mod._Db, "commit", flaky_commit)
+    router = RoomRouter(Fragile, data_dir=str(tmp_path))
+    server = await serve(router)
+    ws = await fastws.connect(server.url + "/x")
+    await ws.send("one")
+    assert await asyncio.wait_for(ws.recv(), T) == "1:one"
+    fail["next"] = True
+    await ws.send("lost")  # its reply ("1:lost") waits for a commit that fails: never sent
+    for _ in range(500):
+        if router.room("x") is None:  # the room drops its in-memory state after the failure
+            break
+        await asyncio.sleep(0.01)
+    await ws.send("read")  # rebuilt from disk, which still says "one"
+    assert await asyncio.wait_for(ws.recv(), T) == "2:one"
+    await ws.send("two")
+    assert await asyncio.wait_for(ws.recv(), T) == "2:two"
+    await ws.close()
