@@ -49,6 +49,7 @@ MAX_TAG_LENGTH = 256
 MAX_ATTACHMENT = 16384
 
 CONNECT, MESSAGE, CLOSE, REQUEST, ALARM, ACCEPT = range(6)
+_EMPTY: tuple[()] = ()
 _KIND_NAMES = ("on_connect", "on_message", "on_close", "on_request", "alarm", "accept")
 
 
@@ -172,6 +173,7 @@ class RoomSocket(Listener):
             data = orjson.dumps(value)
         except TypeError as exc:
             raise TypeError(f"socket attachments must be JSON-serialisable: {exc}") from None
+        data = bytes(memoryview(data))  # an exact-size copy: orjson's bytes keep a 4 KiB buffer
         if len(data) > MAX_ATTACHMENT:
             raise AttachmentTooLarge(f"socket attachment is {len(data)} bytes serialised; the limit is {MAX_ATTACHMENT}")
         self._att = data
@@ -350,7 +352,10 @@ class Room:
     def block_concurrency_while(self, aw: Awaitable[Any]) -> asyncio.Future[Any]:
         """Hold every event of this room until ``aw`` completes (e.g. loading state in ``__init__``)."""
         fut = asyncio.ensure_future(aw)
-        self._slot.blockers.append(fut)
+        slot = self._slot
+        if not slot.blockers:
+            slot.blockers = []
+        slot.blockers.append(fut)
         return fut
 
     def set_auto_response(self, request: str | None, response: str = "") -> None:
@@ -390,13 +395,15 @@ class RoomSlot:
         self.name = name
         self.room: Room | None = None
         self.sockets: dict[RoomSocket, None] = {}
-        self.queue: deque[tuple[Any, ...]] = deque()
+        # the queue, the gate and the blockers are created on first use (a hibernated room
+        # with an idle socket should cost little): an empty tuple stands for "empty"
+        self.queue: deque[tuple[Any, ...]] = _EMPTY  # type: ignore[assignment]
         self.busy = False
         self.task: asyncio.Task[None] | None = None
-        self.blockers: list[asyncio.Future[Any]] = []
+        self.blockers: list[asyncio.Future[Any]] = _EMPTY  # type: ignore[assignment]
         self.last_event = 0.0
         self.storage: Storage | None = None
-        self.gate: deque[tuple[int, Any, tuple[Any, ...]]] = deque()
+        self.gate: deque[tuple[int, Any, tuple[Any, ...]]] = _EMPTY  # type: ignore[assignment]
         self.dropped = 0
         self.auto: tuple[str, str, bytes] | None = None
         self.batcher: Any = None
@@ -431,10 +438,10 @@ class RoomSlot:
     def out(self, fn: Any, *args: Any) -> None:
         """Run an output operation now, or after the storage writes made so far are committed."""
         st = self.storage
-        if self.gate:
+        if self.gate or (st is not None and st.seq > st.committed):
+            if not self.gate:
+                self.gate = deque()
             self.gate.append((st.seq if st is not None else 0, fn, args))
-        elif st is not None and st.seq > st.committed:
-            self.gate.append((st.seq, fn, args))
         else:
             fn(*args)
 
@@ -597,7 +604,7 @@ class RoomSlot:
         """Run an event now if the room is idle, else queue it (arrival order)."""
         self.last_event = self.ns.loop.time()
         if self.busy:
-            self.queue.append(ev)
+            self._enqueue(ev)
             return
         self.busy = True
         if self.room is None:
@@ -607,7 +614,7 @@ class RoomSlot:
                 self.busy = False
                 raise
         if self.blockers:
-            self.queue.append(ev)
+            self._enqueue(ev)
             self._start(None)
             return
         coro = self._dispatch(ev)
@@ -617,6 +624,11 @@ class RoomSlot:
             self._start(None)
         else:
             self.busy = False
+
+    def _enqueue(self, ev: tuple[Any, ...]) -> None:
+        if not self.queue:
+            self.queue = deque()
+        self.queue.append(ev)
 
     def _start(self, first: tuple[Any, tuple[Any, ...]] | None) -> None:
         self.task = self.ns.loop.create_task(self._run(first))

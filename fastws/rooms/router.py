@@ -24,7 +24,7 @@ import orjson
 
 from fastws.handshake import Request, Response
 from fastws.rooms.room import ACCEPT, REQUEST, Room, RoomSlot, RoomSocket
-from fastws.rooms.storage import StorageError
+from fastws.rooms.storage import StorageError, close_idle
 from fastws.server import Accept
 
 __all__ = ["RoomRouter"]
@@ -73,6 +73,7 @@ class _Namespace:
 
     def _run_sweep(self) -> None:
         now = self.loop.time()
+        freed = close_idle(now, self.loop)
         timeout = self.room_class.hook_timeout
         hib = self.hibernate_after
         for name, s in list(self.slots.items()):
@@ -90,6 +91,9 @@ class _Namespace:
                 self._evict(s)
             elif hib and s.room is not None and idle_for >= hib:
                 self._evict(s)
+                freed += 1
+        if freed:
+            _trim_memory()
         self._schedule_sweep()
 
     def _evict(self, s: RoomSlot) -> None:
@@ -119,6 +123,31 @@ class _Namespace:
         if self._evicting:
             await asyncio.gather(*self._evicting, return_exceptions=True)
         self.slots.clear()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return,unused-ignore]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _load_malloc_trim() if os.name == "posix" else None
+_last_trim = 0.0
+
+
+def _trim_memory() -> None:
+    """Give the memory of closed databases and evicted rooms back to the OS (glibc keeps freed
+    memory otherwise); at most once a second."""
+    global _last_trim
+    import time
+
+    now = time.monotonic()
+    if _malloc_trim is not None and now - _last_trim >= 1.0:
+        _last_trim = now
+        _malloc_trim(0)
 
 
 def _scan(directory: str) -> list[tuple[str, float]]:

@@ -71,6 +71,38 @@ def _get_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _pool
 
 
+# Open SQLite connections, least recently used first (loop thread only). Each costs about
+# 150 KiB and 3 file descriptors, so idle ones are closed (close_idle, from the rooms' sweep).
+_connected: dict[Storage, None] = {}
+MAX_CONNECTIONS = int(os.environ.get("FASTWS_ROOM_MAX_DBS", "1000"))
+IDLE_CLOSE = 10.0  # seconds without an operation before a room's connection is closed
+
+
+def _ignore_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def close_idle(now: float, loop: asyncio.AbstractEventLoop | None = None) -> int:
+    """Close the connections (of rooms on ``loop``, default: the running one) unused for
+    IDLE_CLOSE seconds, and the least recently used ones beyond MAX_CONNECTIONS; returns how many
+    were closed."""
+    loop = loop or asyncio.get_running_loop()
+    closed = 0
+    for st in [st for st in _connected if st._loop.is_closed()]:  # left over by a stopped loop
+        del _connected[st]
+    excess = len(_connected) - MAX_CONNECTIONS
+    for st in list(_connected):
+        if excess <= 0 and now - st.last_used < IDLE_CLOSE:
+            break  # the rest were used more recently
+        if st._loop is not loop or st.pending:
+            continue
+        st._close_soon()
+        closed += 1
+        excess -= 1
+    return closed
+
+
 def room_path(data_dir: str, class_name: str, name: str) -> str:
     """The database file of room ``name`` of class ``class_name`` (names are %-quoted; long
     names are shortened with a hash so every name maps to a valid, distinct file name)."""
@@ -336,7 +368,9 @@ class Storage:
         self._on_commit = on_commit
         self._on_failure = on_failure
         self.meta: dict[str, Any] = {}
-        self.opened = False
+        self.opened = False  # the file was opened and checked once (a connection may be closed since)
+        self.connected = False  # a connection is open (or a job that opens one is queued)
+        self.last_used = 0.0
         self.error: StorageError | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -345,6 +379,7 @@ class Storage:
         """Open (or create) the database file. Raises StorageError when it is unusable."""
         if self.opened:
             return
+        self._touch()
         try:
             self.meta = await self._chain.submit(self._db.open)
         except StorageError as exc:
@@ -354,12 +389,24 @@ class Storage:
         self.opened = True
 
     async def close(self) -> None:
-        """Commit what is staged, then close the connection."""
+        """Commit what is staged, then close the connection (a later operation opens it again)."""
+        await self._close_soon()
+
+    def _close_soon(self) -> asyncio.Future[Any]:
         self._flush()
-        try:
-            await self._chain.submit(self._db.close)
-        finally:
-            self.opened = False
+        self.connected = False
+        _connected.pop(self, None)
+        fut = self._chain.submit(self._db.close)
+        fut.add_done_callback(_ignore_result)
+        return fut
+
+    def _touch(self) -> None:
+        """Mark the connection used now (the least recently used ones are closed first)."""
+        self.last_used = self._loop.time()
+        if self.connected:
+            _connected.pop(self, None)
+        self.connected = True
+        _connected[self] = None
 
     @property
     def pending(self) -> bool:
@@ -390,6 +437,7 @@ class Storage:
         kv, meta, delete_all = self._kv, self._meta, self._delete_all
         self._kv, self._meta, self._delete_all, self._staged_bytes = {}, {}, False, 0
         seq = self._seq
+        self._touch()
         fut = self._chain.submit(self._db.commit, kv, meta, delete_all)
         self._last_commit = fut
         fut.add_done_callback(lambda f: self._committed_cb(seq, f))
@@ -537,6 +585,7 @@ class Storage:
         if self.error is not None:
             raise self.error
         self._flush()
+        self._touch()
         try:
             return await self._chain.submit(fn, *args)
         except StorageError as exc:

@@ -416,3 +416,32 @@ async def test_a_failed_commit_sends_nothing_that_depended_on_it(serve, tmp_path
     await ws.send("two")
     assert await asyncio.wait_for(ws.recv(), T) == "2:two"
     await ws.close()
+
+
+class Named(Room):
+    def on_connect(self, ws):
+        ws.send(self.name)
+
+
+async def test_worker_style_handler_picks_the_room(serve, tmp_path):
+    router = RoomRouter(Named, data_dir=str(tmp_path))
+
+    class Worker:
+        def fastws_accept(self, ws, request):
+            if request.path == "/new":
+                return router.forward(router.unique_id(), ws, request)
+            if request.path.startswith("/game/"):
+                return router.forward("game-" + request.path.rsplit("/", 1)[1], ws, request)
+            return fastws.Response(404, "no such room\n")
+
+    server = await serve(Worker())
+    async with fastws.connect(server.url + "/game/7") as ws:
+        assert await asyncio.wait_for(ws.recv(), T) == "game-7"
+    names = set()
+    for _ in range(3):
+        async with fastws.connect(server.url + "/new") as ws:
+            names.add(await asyncio.wait_for(ws.recv(), T))
+    assert len(names) == 3 and all(len(n) == 32 for n in names)
+    with pytest.raises(fastws.InvalidHandshake) as info:
+        await fastws.connect(server.url + "/elsewhere")
+    assert info.value.status == 404

@@ -216,3 +216,27 @@ async def test_batcher_fragments_flush_and_discard():
     assert len(b) == 0 and len(sent) == 2
     with pytest.raises(ValueError):
         Batcher(print, 0, 0.1, loop)
+
+
+async def test_idle_and_least_recently_used_connections_are_closed(tmp_path, monkeypatch):
+    from fastws.rooms import storage as storage_mod
+
+    loop = asyncio.get_running_loop()
+    stores = [Storage(str(tmp_path / f"r{i}.sqlite3"), loop) for i in range(4)]
+    for i, st in enumerate(stores):
+        await st.put("i", i)
+        await st.sync()
+    assert all(st.connected for st in stores)
+    monkeypatch.setattr(storage_mod, "MAX_CONNECTIONS", 2)
+    assert storage_mod.close_idle(loop.time()) == 2
+    assert [st.connected for st in stores] == [False, False, True, True]  # the oldest went first
+    assert storage_mod.close_idle(loop.time() + storage_mod.IDLE_CLOSE + 1) == 2
+    assert not any(st.connected for st in stores)
+    # a closed connection opens again on the next operation, data intact
+    assert [await st.get("i") for st in stores] == [0, 1, 2, 3]
+    await stores[0].put("j", 1)
+    await stores[0].sync()
+    assert await stores[0].get("j") == 1
+    for st in stores:
+        await st.close()
+    assert not any(st in storage_mod._connected for st in stores)
