@@ -1,7 +1,8 @@
 import asyncio
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, final
 
+@final
 class Batcher:
     batches_sent: int
     def __init__(self, send: Callable[[Any, bytes], object], max_messages: int = 10, max_delay: float = 0.1,
