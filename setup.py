@@ -50,7 +50,7 @@ from Cython.Build import cythonize  # noqa: E402  (a build requirement in pyproj
 
 setup(
     ext_modules=cythonize(
-        [ext("_frames"), ext("_protocol"), ext("_batch")],
+        [ext("_frames"), ext("_protocol"), ext("_limits"), ext("_batch")],
         compiler_directives=directives,
         annotate=ANNOTATE,
     ),

@@ -6,6 +6,7 @@ high-level ``async for`` API and a zero-copy listener API.
 
 from fastws._frames import CloseCode, Opcode
 from fastws._protocol import broadcast
+from fastws.auth import JWTAuth
 from fastws.client import connect
 from fastws.connection import Connection, Listener, Message
 from fastws.exceptions import (
@@ -20,13 +21,17 @@ from fastws.exceptions import (
     ProtocolError,
 )
 from fastws.handshake import CompressionOptions, Headers, Request, Response
+from fastws.proxy import Proxy
 from fastws.server import Accept, Server, run, serve
+from fastws.app import App  # noqa: E402  (after server: it builds on Accept)
+from fastws.guards import Firewall, Guards, RateLimit, Rule  # noqa: E402
 from fastws.rooms import Room, RoomRouter  # noqa: E402  (after server: rooms build on it)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Accept",
+    "App",
     "BufferFull",
     "CloseCode",
     "CompressionOptions",
@@ -35,18 +40,24 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "FastWSError",
+    "Firewall",
+    "Guards",
     "HandshakeError",
     "Headers",
     "InvalidHandshake",
+    "JWTAuth",
     "Listener",
     "Message",
     "Opcode",
     "PayloadTooBig",
     "ProtocolError",
+    "Proxy",
+    "RateLimit",
     "Request",
     "Response",
     "Room",
     "RoomRouter",
+    "Rule",
     "Server",
     "__version__",
     "broadcast",

@@ -99,6 +99,12 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def buffered_amount(self) -> int: ...
     def send(self, data: str | bytes | bytearray | memoryview | Message, *, binary: bool | None = None) -> Awaitable[None]: ...
+    def pause_reading(self) -> None:
+        """Stop reading from the peer until resume_reading() (application flow control)."""
+    def resume_reading(self) -> None: ...
+    @property
+    def writing_paused(self) -> bool:
+        """True while the peer does not read what we write."""
     def set_auto_response(self, request: str | bytes | None, response: str | bytes | None = None) -> None:
         """Answer a TEXT message equal to ``request`` with ``response`` inside the engine (None: off)."""
     @property

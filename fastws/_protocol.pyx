@@ -86,6 +86,7 @@ cdef enum:
     READ_WRITE = 2          # the peer does not read what we write
     READ_PENDING = 4        # a CLOSE/failure waits behind queued messages
     READ_ACCEPT = 8         # an asynchronous accept hook is running
+    READ_APP = 16           # the application paused reading (ws.pause_reading())
 
 cdef enum:
     LARGE_SEND = 65536      # payloads at least this big are written without copying (writev)
@@ -1105,6 +1106,20 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             self._write(frame)
         return 0
 
+    def pause_reading(self):
+        """Stop reading from the peer until :meth:`resume_reading` (flow control for proxies and
+        listeners that hand messages on; independent of fastws' own reasons to pause)."""
+        self._block_reading(READ_APP, True)
+
+    def resume_reading(self):
+        """Undo :meth:`pause_reading`."""
+        self._block_reading(READ_APP, False)
+
+    @property
+    def writing_paused(self):
+        """True while the peer does not read what we write (above ``write_limit``)."""
+        return self._paused_writing
+
     def set_auto_response(self, object request, object response=None):
         """Answer a TEXT message equal to ``request`` with the TEXT ``response`` inside the
         engine, without calling the listener or queueing the message (``None`` turns it off)."""
@@ -1324,6 +1339,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         # whatever the API, a peer must not make us answer (pongs...) faster than it reads.
         self._paused_writing = True
         self._block_reading(READ_WRITE, True)
+        if self._listener is not None:
+            cb = getattr(self._listener, "on_pause_writing", None)
+            if cb is not None:
+                self._call_listener(cb)
 
     def resume_writing(self):
         self._paused_writing = False
@@ -1384,6 +1403,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
     def _accept_done(self, task, bytes rest):
         if self._state != HANDSHAKE or self.transport is None:
             return
+        # whatever the outcome, read again: a refusal half-closes and must see the client's FIN
+        self._block_reading(READ_ACCEPT, False)
         try:
             spec = task.result()
         except HandshakeError as exc:
@@ -1396,7 +1417,6 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if isinstance(spec, _hs.Response):
             self._respond(spec)
             return
-        self._block_reading(READ_ACCEPT, False)
         self._finish_accept(spec, rest, 0)
 
     cdef void _finish_accept(self, object spec, object chunk, Py_ssize_t offset):
@@ -1524,6 +1544,10 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._open(hs.deflate, self.endpoint.max_size)
         if self._open_waiter is not None and not self._open_waiter.done():
             self._open_waiter.set_result(self)
+        if self._listener is not None:
+            cb = getattr(self._listener, "on_connect", None)
+            if cb is not None:
+                self._call_listener(cb)
         cdef Py_ssize_t off = hs.offset
         n = len(chunk) - off
         if n > 0:
@@ -1614,6 +1638,9 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                     msg._owner = None
                     if Py_REFCNT(owner) == 1:
                         recycle_buffer(owner)
+            return 0
+        if self._close_sent:
+            # we are closing: the application will not read this; keep reading until the peer's CLOSE
             return 0
         if parser.ev_opcode == 1:
             item = PyUnicode_DecodeUTF8(<char*>parser.ev_ptr, parser.ev_len, NULL)

@@ -70,6 +70,9 @@ class connect:
         backoff_initial / backoff_max / backoff_factor: reconnect delays (seconds),
             each multiplied by a random jitter in [0.5, 1.0].
         max_attempts: give up after this many failed attempts in a row (None: never).
+        listener: a :class:`fastws.Listener` for the low-level callback API on this client
+            connection (``on_connect``, ``on_message`` with a zero-copy Message, ...); ``recv()``
+            is then unavailable.
     """
 
     def __init__(self, url: str, *, subprotocols: Sequence[str] = (), compression: Any = True,
@@ -80,8 +83,9 @@ class connect:
                  ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
                  user_agent: str | None = "fastws", reconnect: bool = False, backoff_initial: float = 0.5,
                  backoff_max: float = 30.0, backoff_factor: float = 2.0, max_attempts: int | None = None,
-                 max_header_size: int = 16384) -> None:
+                 max_header_size: int = 16384, listener: Any = None) -> None:
         self.url = url
+        self.listener = listener
         self.secure, self.host, self.port, self.target, self.host_header = parse_url(url)
         self.subprotocols = list(subprotocols)
         if compression is True:
@@ -149,7 +153,7 @@ class connect:
                     kw["ssl"] = self.ssl
                     kw["server_hostname"] = self.server_hostname or self.host
                 transport, conn = await loop.create_connection(
-                    lambda: Connection(endpoint, client_handshake=hs, open_waiter=opened),
+                    lambda: Connection(endpoint, client_handshake=hs, open_waiter=opened, listener=self.listener),
                     self.host, self.port, **kw)
                 await opened
         except asyncio.TimeoutError:

@@ -51,6 +51,9 @@ class Listener:
     def on_close(self, ws: Connection, code: int, reason: str) -> None:
         """The closing handshake started or the connection failed (called once)."""
 
+    def on_pause_writing(self, ws: Connection) -> None:
+        """The peer does not read: more than ``write_limit`` bytes wait (``on_drain`` follows)."""
+
     def on_drain(self, ws: Connection) -> None:
         """The peer caught up: the write buffer fell below ``write_limit``."""
 

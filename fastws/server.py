@@ -130,9 +130,9 @@ class Server:
                  max_queue: int = 32,
                  write_limit: int = 65536,
                  max_write_buffer: int = 16 << 20,
-                 ping_interval: float | None = 20.0,
+                 ping_interval: float | None = 30.0,
                  ping_timeout: float | None = 20.0,
-                 idle_timeout: float | None = None,
+                 idle_timeout: float | None = 100.0,
                  close_timeout: float = 10.0,
                  handshake_timeout: float = 10.0,
                  max_header_size: int = 16384,
@@ -429,9 +429,10 @@ def serve(app: Any, host: str | None = "127.0.0.1", port: int = 8000, **kwargs: 
         max_queue: messages buffered for ``recv()`` before reading pauses.
         write_limit: write buffer high-water mark; ``await send()`` waits above it.
         max_write_buffer: hard cap on bytes buffered for one peer (BufferFull beyond).
-        ping_interval: seconds of silence before a keepalive PING (None: off).
+        ping_interval: seconds of silence before a keepalive PING (default 30; None: off).
         ping_timeout: seconds to wait for its PONG before closing with 1011.
-        idle_timeout: close with 1001 after this many seconds without any frame (None: off).
+        idle_timeout: close with 1001 after this many seconds without any frame
+            (default 100; None: off). A peer that answers pings never idles out.
         close_timeout: seconds to wait for the closing handshake.
         handshake_timeout: seconds a client has to complete the opening handshake.
         max_header_size: largest request head (431 beyond). Default 16 KiB.
@@ -440,8 +441,16 @@ def serve(app: Any, host: str | None = "127.0.0.1", port: int = 8000, **kwargs: 
         transport: ``"auto"`` (the default: fastws' own socket transport for plain TCP,
             the loop's transports for TLS), ``"socket"``, ``"loop"`` (the event loop's
             transports) or ``"aiofastnet"`` (aiofastnet's, when installed).
+
+    An app's ``server_options`` dict (``fastws.App(max_size=...)``) gives
+    defaults for these; keyword arguments win.
     """
-    return Server(app, host, port, **kwargs)
+    return Server(app, host, port, **_with_app_options(app, kwargs))
+
+
+def _with_app_options(app: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    opts = getattr(app, "server_options", None)
+    return {**opts, **kwargs} if isinstance(opts, dict) and opts else kwargs
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -460,7 +469,7 @@ def run(app: Any, host: str | None = "127.0.0.1", port: int = 8000, *, use_uvloo
     """
 
     async def main() -> None:
-        server = Server(app, host, port, **kwargs)
+        server = Server(app, host, port, **_with_app_options(app, kwargs))
         await server.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

@@ -108,3 +108,25 @@ async def test_histograms_can_be_turned_off(serve):
     st = server.endpoint.stats()
     assert st["messages_received"] == 1  # counters stay on
     assert st["latency"]["count"] == 0 and st["duration"]["count"] == 0
+
+
+async def test_async_refusal_reads_on_and_sees_the_client_leave(serve):
+    """An asynchronous accept hook that answers with a Response: the server half-closes and keeps
+    reading, so the connection ends when the client leaves, not at the closing timeout."""
+
+    class App:
+        @staticmethod
+        async def fastws_accept(ws, request):
+            await asyncio.sleep(0)
+            return fastws.Response(403, "Forbidden")
+
+    server = await serve(App(), close_timeout=60)
+    reader, writer = await asyncio.open_connection(*server.address)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 5)
+    assert reply.startswith(b"HTTP/1.1 403") and reply.endswith(b"Forbidden")
+    writer.close()
+    await _settle(lambda: not server.connections, 500)
+    assert not server.connections
+    assert server.endpoint.stats()["refused"] == {"403": 1}
