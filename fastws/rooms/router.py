@@ -257,6 +257,10 @@ class RoomRouter:
     def room_name(self, request: Request) -> str:
         if self._room_name is not None:
             return self._room_name(request)
+        params = request.scope.get("params")
+        if not self.prefix and isinstance(params, dict) and isinstance(params.get("path"), str):
+            # mounted in an App (app.mount(base, router)): the part of the path under the mount
+            return params["path"].strip("/") or "default"
         path = request.path
         if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
             path = path[len(self.prefix):]

@@ -445,3 +445,17 @@ async def test_worker_style_handler_picks_the_room(serve, tmp_path):
     with pytest.raises(fastws.InvalidHandshake) as info:
         await fastws.connect(server.url + "/elsewhere")
     assert info.value.status == 404
+
+
+async def test_router_mounted_in_an_app(serve, tmp_path):
+    from examples.chat import ChatRoom
+
+    app = fastws.App()
+    app.mount("/chat", RoomRouter(ChatRoom, data_dir=str(tmp_path)))
+    server = await serve(app)
+    async with fastws.connect(server.url + "/chat/lobby") as ws:
+        await ws.send('{"content": "mounted"}')
+        assert (await recv_json(ws))["content"] == "mounted"
+    assert await http_get(server, "/chat/lobby") == (200, b'{"sessions":0,"messages":1}')
+    assert await http_get(server, "/chat") == (200, b'{"sessions":0,"messages":0}')  # room "default"
+    assert (tmp_path / "ChatRoom" / "lobby.sqlite3").exists()
