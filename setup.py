@@ -54,7 +54,7 @@ bench_listeners = Extension("fastws.bench._listeners", ["fastws/bench/_listeners
 
 setup(
     ext_modules=cythonize(
-        [ext("_frames"), ext("_protocol"), ext("_limits"), bench_listeners],
+        [ext("_frames"), ext("_protocol"), ext("_limits"), ext("_batch"), bench_listeners],
         compiler_directives=directives,
         annotate=ANNOTATE,
     ),

@@ -26,6 +26,7 @@ from fastws.proxy import Proxy
 from fastws.server import Accept, Server, run, serve
 from fastws.app import App  # noqa: E402  (after server: it builds on Accept)
 from fastws.guards import Firewall, Guards, RateLimit, Rule  # noqa: E402
+from fastws.rooms import Room, RoomRouter  # noqa: E402  (after server: rooms build on it)
 
 __version__ = "0.1.0"
 
@@ -57,7 +58,9 @@ __all__ = [
     "Recorder",
     "Request",
     "Response",
+    "Room",
     "RoomInfo",
+    "RoomRouter",
     "Rule",
     "Server",
     "__version__",

@@ -261,9 +261,15 @@ class Server:
         return Connection(self.endpoint)
 
     async def start(self) -> Server:
-        """Listen. Returns self."""
+        """Listen. Returns self.
+
+        An app with a ``fastws_startup(server)`` method (sync or async) has it called first
+        (rooms schedule their stored alarms there); ``fastws_shutdown(server)`` runs at shutdown
+        once the connections are closed.
+        """
         loop = asyncio.get_running_loop()
         self.endpoint.loop = loop
+        await _call_hook(self.app, "fastws_startup", self)
         if self.metrics_port is not None and self._metrics_server is None:
             self._metrics_server = Server(None, self.host, self.metrics_port, accept=self.observability.fastws_accept,
                                           metrics=False, health=False, compression=False)
@@ -389,6 +395,10 @@ class Server:
                 w.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await _call_hook(self.app, "fastws_shutdown", self)
+        except Exception:
+            logger.exception("fastws: the app's shutdown hook failed")
         self.endpoint.stop()
         if self._server is not None:
             try:
@@ -412,6 +422,15 @@ class Server:
 
     def __await__(self) -> Any:
         return self.start().__await__()
+
+
+async def _call_hook(app: Any, name: str, server: Server) -> None:
+    hook = getattr(app, name, None)
+    if hook is None or isinstance(app, type):
+        return
+    result = hook(server)
+    if inspect.isawaitable(result):
+        await result
 
 
 class _SocketServer:

@@ -1,0 +1,73 @@
+"""Chat rooms with history: one durable room per path (``/lobby`` is room ``lobby``, ``/`` is
+``default``).
+
+    fastws serve examples.chat:app --host 127.0.0.1 --port 9001 [--data-dir ./data]
+
+- On connect the new socket gets the last 50 messages, then everyone else gets
+  ``{"type": "user_joined", "userId", "timestamp"}``.
+- A client sends ``{"content": "..."}``; every session (the sender too) gets
+  ``{"id", "userId", "content", "timestamp"}``, stored first: nobody sees a message that a crash
+  would lose. Anything else gets ``{"type": "error", "message": "Invalid message format"}``.
+- On close the others get ``{"type": "user_left", ...}``. ``GET /room`` returns
+  ``{"sessions": N, "messages": M}``. History is in ``<data-dir>/ChatRoom/<room>.sqlite3``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import orjson
+
+from fastws.rooms import Room, RoomRouter
+
+HISTORY = 50
+INVALID = orjson.dumps({"type": "error", "message": "Invalid message format"}).decode()
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ChatRoom(Room):
+    def __init__(self) -> None:
+        self.recent: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.count = 0
+        self.block_concurrency_while(self.load())
+
+    async def load(self) -> None:
+        self.count = await self.storage.get("count") or 0
+        last = await self.storage.list(prefix="msg:", reverse=True, limit=HISTORY)
+        self.recent.extend(reversed(list(last.values())))
+
+    def on_connect(self, ws: Any) -> None:
+        for message in self.recent:
+            ws.send(message)
+        self.broadcast({"type": "user_joined", "userId": ws.id, "timestamp": now_iso()}, exclude=ws)
+
+    async def on_message(self, ws: Any, message: str | bytes) -> None:
+        try:
+            data = orjson.loads(message)
+            content = data["content"]
+            if not isinstance(content, str):
+                raise TypeError
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            ws.send(INVALID)
+            return
+        msg = {"id": str(uuid.uuid4()), "userId": ws.id, "content": content, "timestamp": now_iso()}
+        self.count += 1
+        await self.storage.put({f"msg:{time.time_ns():020d}:{self.count}": msg, "count": self.count})
+        self.recent.append(msg)
+        self.broadcast(msg)  # leaves once the write is committed
+
+    def on_close(self, ws: Any, code: int, reason: str, was_clean: bool) -> None:
+        self.broadcast({"type": "user_left", "userId": ws.id, "timestamp": now_iso()})
+
+    def on_request(self, request: Any) -> dict[str, int]:
+        return {"sessions": len(self.sockets()), "messages": self.count}
+
+
+app = RoomRouter(ChatRoom)

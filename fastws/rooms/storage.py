@@ -1,0 +1,650 @@
+"""A room's storage: one SQLite database file per room, WAL mode, run off the event loop.
+
+Theory of operation
+-------------------
+1. Every room has its own database file (``<data_dir>/<RoomClass>/<name>.sqlite3``) and one
+   SQLite connection, used by one job at a time from a shared thread pool (a per-room *chain*
+   keeps the jobs of one room in order; different rooms run in parallel).
+2. ``put``/``delete`` do not wait for the disk: they stage the change in memory (reads see it at
+   once) and the staged changes of one event-loop turn are committed together, in one SQLite
+   transaction, by one job (writes are *coalesced*).
+3. Durability before visibility: every staged batch has a sequence number. The room's output
+   gate (see :mod:`fastws.rooms.room`) holds every message sent after a write until the batch
+   holding that write is committed, so no client sees state a crash would take back.
+4. Reads (``get``/``list``/``sql``) first hand the staged batch to the chain, then run behind it
+   on the same connection: a room always reads its own writes.
+5. A quota: ``put`` refuses up front (StorageFull) what would take the estimated size over it;
+   the file itself is capped at 1.25 x the quota (``max_page_count``), which also bounds ``sql()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from fastws.exceptions import FastWSError
+
+__all__ = ["Storage", "StorageError", "StorageFull", "Transaction", "room_path"]
+
+logger = logging.getLogger("fastws.rooms")
+
+_DELETE = object()  # staged tombstone
+_SCHEMA = (
+    # a rowid table: values up to a page stay inline (WITHOUT ROWID would spill any value over
+    # about 1 KB into overflow pages)
+    "CREATE TABLE IF NOT EXISTS _fastws_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
+    " bin INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS _fastws_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+)
+
+
+class StorageError(FastWSError):
+    """A room's storage cannot be used (corrupt or unreadable database file, failed commit)."""
+
+
+class StorageFull(StorageError):
+    """A write would take the room's database over its quota."""
+
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _get_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=int(os.environ.get("FASTWS_ROOM_THREADS", "4")), thread_name_prefix="fastws-rooms")
+        return _pool
+
+
+# Open SQLite connections, least recently used first (loop thread only). Each costs about
+# 150 KiB and 3 file descriptors, so idle ones are closed (close_idle, from the rooms' sweep).
+_connected: dict[Storage, None] = {}
+MAX_CONNECTIONS = int(os.environ.get("FASTWS_ROOM_MAX_DBS", "1000"))
+IDLE_CLOSE = 10.0  # seconds without an operation before a room's connection is closed
+
+
+def _ignore_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def close_idle(now: float, loop: asyncio.AbstractEventLoop | None = None) -> int:
+    """Close the connections (of rooms on ``loop``, default: the running one) unused for
+    IDLE_CLOSE seconds, and the least recently used ones beyond MAX_CONNECTIONS; returns how many
+    were closed."""
+    loop = loop or asyncio.get_running_loop()
+    closed = 0
+    for st in [st for st in _connected if st._loop.is_closed()]:  # left over by a stopped loop
+        del _connected[st]
+    excess = len(_connected) - MAX_CONNECTIONS
+    for st in list(_connected):
+        if excess <= 0 and now - st.last_used < IDLE_CLOSE:
+            break  # the rest were used more recently
+        if st._loop is not loop or st.pending:
+            continue
+        st._close_soon()
+        closed += 1
+        excess -= 1
+    return closed
+
+
+def room_path(data_dir: str, class_name: str, name: str) -> str:
+    """The database file of room ``name`` of class ``class_name`` (names are %-quoted; long
+    names are shortened with a hash so every name maps to a valid, distinct file name)."""
+    quoted = urllib.parse.quote(name, safe="") or "%00"
+    if quoted.startswith("."):
+        quoted = "%2E" + quoted[1:]
+    if len(quoted) > 180:
+        quoted = quoted[:100] + "~" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+    return os.path.join(data_dir, class_name, quoted + ".sqlite3")
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+class _Chain:
+    """Jobs of one room, run one after another on the shared pool."""
+
+    __slots__ = ("_loop", "_jobs", "_lock", "_busy")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._jobs: deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = deque()
+        self._lock = threading.Lock()
+        self._busy = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        with self._lock:
+            self._jobs.append((fn, args, fut))
+            if not self._busy:
+                self._busy = True
+                _get_pool().submit(self._drain)
+        return fut
+
+    def _drain(self) -> None:
+        loop = self._loop
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._busy = False
+                    return
+                fn, args, fut = self._jobs.popleft()
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                try:
+                    loop.call_soon_threadsafe(_set_exception, fut, exc)
+                except RuntimeError:  # loop closed
+                    return
+            else:
+                try:
+                    loop.call_soon_threadsafe(_set_result, fut, result)
+                except RuntimeError:
+                    return
+
+
+def _encode(value: Any) -> tuple[bytes, int]:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), 1
+    try:
+        return orjson.dumps(value), 0
+    except TypeError as exc:
+        raise TypeError(f"storage values must be bytes or JSON-serialisable (orjson): {exc}") from None
+
+
+def _decode(value: bytes, binary: int) -> Any:
+    return bytes(value) if binary else orjson.loads(value)
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"storage keys are str, not {type(key).__name__}")
+    if len(key) > 2048:
+        raise ValueError("storage keys are at most 2048 characters")
+    return key
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+class _Db:
+    """The SQLite side (runs on pool threads, one job at a time per room)."""
+
+    __slots__ = ("path", "quota", "synchronous", "conn", "page_size", "pages", "error", "name")
+
+    def __init__(self, path: str, quota: int, synchronous: str, name: str | None = None) -> None:
+        self.name = name
+        self.path = path
+        self.quota = quota
+        self.synchronous = synchronous
+        self.conn: sqlite3.Connection | None = None
+        self.page_size = 4096
+        self.pages = 0
+        self.error: StorageError | None = None
+
+    def open(self) -> dict[str, Any]:
+        if self.conn is not None:
+            return self._meta()
+        if self.error is not None:
+            raise self.error
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open {self.path}: {exc}") from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.DatabaseError(f"journal_mode is {mode}, not wal")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self.page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            # hard cap (a backstop behind put()'s estimate, and the limit for sql() writes)
+            conn.execute(f"PRAGMA max_page_count={max(16, (self.quota + self.quota // 4) // self.page_size)}")
+            conn.executescript(_SCHEMA)
+            if self.name is not None:
+                conn.execute("INSERT OR IGNORE INTO _fastws_meta (key, value) VALUES ('name', ?)", (self.name,))
+            self._count_pages(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            self.error = StorageError(f"room database {self.path} is unusable: {exc}")
+            raise self.error from None
+        self.conn = conn
+        return self._meta()
+
+    def _count_pages(self, conn: sqlite3.Connection) -> None:
+        """Pages in use (free pages are reused, so they do not count against the quota)."""
+        total = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        self.pages = total - free
+
+    def _meta(self) -> dict[str, Any]:
+        assert self.conn is not None
+        return {k: v for k, v in self.conn.execute("SELECT key, value FROM _fastws_meta")}
+
+    def _c(self) -> sqlite3.Connection:
+        if self.conn is None:
+            self.open()
+        assert self.conn is not None
+        return self.conn
+
+    def commit(self, kv: dict[str, Any], meta: dict[str, Any], delete_all: bool) -> int:
+        conn = self._c()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if delete_all:
+                conn.execute("DELETE FROM _fastws_kv")
+            puts = [(k, v[0], v[1]) for k, v in kv.items() if v is not _DELETE]
+            dels = [(k,) for k, v in kv.items() if v is _DELETE]
+            if puts:
+                conn.executemany("INSERT OR REPLACE INTO _fastws_kv (key, value, bin) VALUES (?, ?, ?)", puts)
+            if dels:
+                conn.executemany("DELETE FROM _fastws_kv WHERE key = ?", dels)
+            for k, v in meta.items():
+                if v is _DELETE:
+                    conn.execute("DELETE FROM _fastws_meta WHERE key = ?", (k,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO _fastws_meta (key, value) VALUES (?, ?)", (k, v))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                raise StorageFull(f"room database {self.path} is over its quota of {self.quota} bytes") from None
+            raise StorageError(f"commit to {self.path} failed: {exc}") from None
+        self._count_pages(conn)
+        return int(self.pages * self.page_size)
+
+    def get(self, keys: list[str]) -> dict[str, Any]:
+        conn = self._c()
+        out: dict[str, Any] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for k, v, b in conn.execute(f"SELECT key, value, bin FROM _fastws_kv WHERE key IN ({marks})", chunk):
+                out[k] = _decode(v, b)
+        return out
+
+    def list_range(self, start: str | None, end: str | None, limit: int | None,
+                   reverse: bool) -> list[tuple[str, Any]]:
+        conn = self._c()
+        where: list[str] = []
+        args: list[Any] = []
+        if start is not None:
+            where.append("key >= ?")
+            args.append(start)
+        if end is not None:
+            where.append("key < ?")
+            args.append(end)
+        q = "SELECT key, value, bin FROM _fastws_kv"
+        if where:
+            q += " WHERE " + " AND ".join(where)
+        q += " ORDER BY key DESC" if reverse else " ORDER BY key"
+        if limit is not None:
+            q += " LIMIT ?"
+            args.append(limit)
+        return [(k, _decode(v, b)) for k, v, b in conn.execute(q, args)]
+
+    def sql(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        conn = self._c()
+        try:
+            cur = conn.execute(query, args)
+            rows = cur.fetchall()
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                raise StorageFull(f"room database {self.path} is over its quota of {self.quota} bytes") from None
+            raise
+        self._count_pages(conn)
+        return rows
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+class Storage:
+    """The durable key-value store (and SQL database) of one room: ``self.storage`` in a Room.
+
+    Values are anything orjson can encode, or bytes. ``put``/``delete`` return at once (the
+    change is visible to this room's reads immediately and committed at the end of the event-loop
+    turn); messages the room sends after a write leave only once it is committed.
+    """
+
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, *, quota: int = 1 << 30,
+                 synchronous: str = "FULL", on_commit: Callable[[int], None] | None = None,
+                 on_failure: Callable[[int, BaseException], None] | None = None, name: str | None = None) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
+        self.path = path
+        self.quota = quota
+        self._loop = loop
+        self._db = _Db(path, quota, synchronous.upper(), name)
+        self._chain = _Chain(loop)
+        self._kv: dict[str, Any] = {}  # staged: key -> (encoded, bin) | _DELETE
+        self._meta: dict[str, Any] = {}
+        self._delete_all = False
+        self._staged_bytes = 0
+        self._size = 0  # bytes on disk after the last commit
+        self._scheduled = False
+        self._seq = 0  # last batch number handed out
+        self._committed = 0
+        self._last_commit: asyncio.Future[Any] | None = None
+        self._on_commit = on_commit
+        self._on_failure = on_failure
+        self.meta: dict[str, Any] = {}
+        self.opened = False  # the file was opened and checked once (a connection may be closed since)
+        self.connected = False  # a connection is open (or a job that opens one is queued)
+        self.last_used = 0.0
+        self.error: StorageError | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Open (or create) the database file. Raises StorageError when it is unusable."""
+        if self.opened:
+            return
+        self._touch()
+        try:
+            self.meta = await self._chain.submit(self._db.open)
+        except StorageError as exc:
+            self.error = exc
+            raise
+        self._size = self._db.pages * self._db.page_size
+        self.opened = True
+
+    async def close(self) -> None:
+        """Commit what is staged, then close the connection (a later operation opens it again)."""
+        await self._close_soon()
+
+    def _close_soon(self) -> asyncio.Future[Any]:
+        self._flush()
+        self.connected = False
+        _connected.pop(self, None)
+        fut = self._chain.submit(self._db.close)
+        fut.add_done_callback(_ignore_result)
+        return fut
+
+    def _touch(self) -> None:
+        """Mark the connection used now (the least recently used ones are closed first)."""
+        self.last_used = self._loop.time()
+        if self.connected:
+            _connected.pop(self, None)
+        self.connected = True
+        _connected[self] = None
+
+    @property
+    def pending(self) -> bool:
+        """True while some write is staged or not yet committed."""
+        return self._committed < self._seq
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes used (on disk plus staged)."""
+        return self._size + self._staged_bytes
+
+    # ------------------------------------------------------------ staging and commits
+
+    def _stage(self) -> int:
+        if self.error is not None:
+            raise self.error
+        if not self._scheduled:
+            self._scheduled = True
+            self._seq += 1
+            self._loop.call_soon(self._flush)
+        return self._seq
+
+    def _flush(self) -> None:
+        """Hand the staged batch to the chain (called once per loop turn, and before reads)."""
+        if not self._scheduled:
+            return
+        self._scheduled = False
+        kv, meta, delete_all = self._kv, self._meta, self._delete_all
+        self._kv, self._meta, self._delete_all, self._staged_bytes = {}, {}, False, 0
+        seq = self._seq
+        self._touch()
+        fut = self._chain.submit(self._db.commit, kv, meta, delete_all)
+        self._last_commit = fut
+        fut.add_done_callback(lambda f: self._committed_cb(seq, f))
+
+    def _committed_cb(self, seq: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            logger.error("fastws.rooms: %s", exc)
+            if self._on_failure is not None:
+                self._on_failure(seq, exc)  # drops what was waiting for this batch
+            self._committed = max(self._committed, seq)  # done with it: later output may leave
+            return
+        self._size = fut.result()
+        self._committed = max(self._committed, seq)
+        if self._on_commit is not None:
+            self._on_commit(seq)
+
+    async def sync(self) -> None:
+        """Wait until everything written so far is committed to disk."""
+        self._flush()
+        fut = self._last_commit
+        if fut is not None:
+            await asyncio.shield(fut)
+
+    @property
+    def seq(self) -> int:
+        """The number of the latest batch (outputs sent now wait for this one)."""
+        return self._seq
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    # ------------------------------------------------------------ key-value API
+
+    async def get(self, key: str | Iterable[str]) -> Any:
+        """The value of ``key`` (None when absent), or a dict of the present keys when given many."""
+        if isinstance(key, str):
+            _check_key(key)
+            staged = self._kv.get(key)
+            if staged is not None:
+                return None if staged is _DELETE else _decode(*staged)
+            if self._delete_all:
+                return None
+            found = await self._read(self._db.get, [key])
+            return found.get(key)
+        keys = [_check_key(k) for k in key]
+        out: dict[str, Any] = {}
+        missing = []
+        for k in keys:
+            staged = self._kv.get(k)
+            if staged is None:
+                if not self._delete_all:
+                    missing.append(k)
+            elif staged is not _DELETE:
+                out[k] = _decode(*staged)
+        if missing:
+            out.update(await self._read(self._db.get, missing))
+        return {k: out[k] for k in keys if k in out}
+
+    async def put(self, key: str | Mapping[str, Any], value: Any = None) -> None:
+        """Store ``value`` under ``key``, or every item of a mapping (at most 128 keys).
+
+        Raises:
+            StorageFull: the room's database would go over its quota.
+            TypeError: the value is neither bytes nor JSON-serialisable.
+        """
+        items = list(key.items()) if isinstance(key, Mapping) else [(key, value)]
+        if len(items) > 128:
+            raise ValueError("put() takes at most 128 keys at once")
+        self._put_encoded([(_check_key(k), _encode(v)) for k, v in items])
+
+    def _put_encoded(self, encoded: list[tuple[str, tuple[bytes, int]]], deletes: Iterable[str] = ()) -> None:
+        # an estimate of the file space the rows take (page and B-tree overhead included)
+        added = sum((len(k) + len(v[0])) * 3 // 2 + 64 for k, v in encoded)
+        if self._size + self._staged_bytes + added > self.quota:
+            raise StorageFull(f"room storage quota exceeded ({self.quota} bytes): refused a write of {added} bytes")
+        self._stage()
+        self._staged_bytes += added
+        for k, v in encoded:
+            self._kv[k] = v
+        for k in deletes:
+            self._kv[k] = _DELETE
+
+    async def delete(self, key: str | Iterable[str]) -> None:
+        """Delete one key or many."""
+        keys = [_check_key(key)] if isinstance(key, str) else [_check_key(k) for k in key]
+        self._stage()
+        for k in keys:
+            self._kv[k] = _DELETE
+
+    async def delete_all(self) -> None:
+        """Delete every key (tables made with ``sql()`` are left alone; so is the alarm)."""
+        self._stage()
+        self._kv.clear()
+        self._staged_bytes = 0
+        self._delete_all = True
+
+    async def list(self, *, prefix: str | None = None, start: str | None = None, end: str | None = None,
+                   limit: int | None = None, reverse: bool = False) -> dict[str, Any]:
+        """Keys and values in key order (``reverse`` for descending), as an ordered dict.
+
+        Args:
+            prefix: only keys starting with it.
+            start: first key included.
+            end: first key excluded.
+            limit: at most this many items.
+            reverse: descending order (``limit`` then takes the last keys).
+        """
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be >= 0")
+        lo, hi = start, end
+        if prefix:
+            if lo is None or lo < prefix:
+                lo = prefix
+            pend = _prefix_end(prefix)
+            if pend is not None and (hi is None or hi > pend):
+                hi = pend
+        rows = await self._read(self._db.list_range, lo, hi, limit, reverse)
+        return dict(rows)
+
+    async def sql(self, query: str, *args: Any) -> builtins.list[tuple[Any, ...]]:
+        """Run one SQL statement on the room's database; returns its rows. Writes are committed
+        before this returns (tables starting with ``_fastws`` belong to fastws)."""
+        return await self._read(self._db.sql, query, args)  # type: ignore[no-any-return]
+
+    def transaction(self) -> Transaction:
+        """``async with storage.transaction() as txn:``: the writes inside apply all together when
+        the block ends, or not at all when it raises (or ``txn.rollback()`` was called)."""
+        return Transaction(self)
+
+    # ------------------------------------------------------------ meta (alarms)
+
+    def _put_meta(self, key: str, value: Any) -> None:
+        self._stage()
+        self._meta[key] = value
+        if value is _DELETE:
+            self.meta.pop(key, None)
+        else:
+            self.meta[key] = value
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.error is not None:
+            raise self.error
+        self._flush()
+        self._touch()
+        try:
+            return await self._chain.submit(fn, *args)
+        except StorageError as exc:
+            self.error = exc
+            raise
+
+
+class Transaction:
+    """Writes staged together; see :meth:`Storage.transaction`."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._ops: dict[str, Any] = {}
+        self._rolled_back = False
+
+    async def get(self, key: str) -> Any:
+        if key in self._ops:
+            v = self._ops[key]
+            return None if v is _DELETE else v
+        return await self._storage.get(key)
+
+    async def put(self, key: str | Mapping[str, Any], value: Any = None) -> None:
+        items = key.items() if isinstance(key, Mapping) else [(key, value)]
+        for k, v in items:
+            _check_key(k)
+            _encode(v)
+            self._ops[k] = v
+
+    async def delete(self, key: str | Iterable[str]) -> None:
+        for k in [key] if isinstance(key, str) else key:
+            self._ops[_check_key(k)] = _DELETE
+
+    async def list(self, **kw: Any) -> dict[str, Any]:
+        limit = kw.pop("limit", None)
+        base = await self._storage.list(**kw)
+        prefix, start, end = kw.get("prefix"), kw.get("start"), kw.get("end")
+        for k, v in self._ops.items():
+            if (prefix and not k.startswith(prefix)) or (start is not None and k < start) or (
+                    end is not None and k >= end):
+                continue
+            if v is _DELETE:
+                base.pop(k, None)
+            else:
+                base[k] = v
+        keys = sorted(base, reverse=bool(kw.get("reverse")))
+        if limit is not None:
+            keys = keys[:limit]
+        return {k: base[k] for k in keys}
+
+    def rollback(self) -> None:
+        """Discard the writes of this transaction."""
+        self._rolled_back = True
+
+    async def __aenter__(self) -> Transaction:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None or self._rolled_back or not self._ops:
+            return
+        puts = [(k, _encode(v)) for k, v in self._ops.items() if v is not _DELETE]
+        dels = [k for k, v in self._ops.items() if v is _DELETE]
+        self._storage._put_encoded(puts, dels)  # one batch: committed together or not at all
