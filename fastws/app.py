@@ -146,6 +146,7 @@ class App:
         self.server_options: dict[str, Any] = options
         self._router = Router()
         self._gen = 0
+        self._mounted: list[Any] = []  # mount targets, for their startup/shutdown hooks
 
     # ------------------------------------------------------------ registration
 
@@ -221,6 +222,23 @@ class App:
             raise ValueError(f"{base + '/'!r} already has a WebSocket endpoint ({sub.kind})")
         sub.kind, sub.target, sub.options, sub.guards = "mount", target, top.options, top.guards
         self._gen += 1
+        if not any(t is target for t in self._mounted):
+            self._mounted.append(target)
+
+    async def fastws_startup(self, server: Any) -> None:
+        """Run the mounted targets' ``fastws_startup(server)`` hooks (a room router schedules
+        its stored alarms there); the server calls this before it listens."""
+        for target in self._mounted:
+            await _call(target, "fastws_startup", server)
+
+    async def fastws_shutdown(self, server: Any) -> None:
+        """Run the mounted targets' ``fastws_shutdown(server)`` hooks (rooms commit and close
+        their databases), after the connections are closed."""
+        for target in self._mounted:
+            try:
+                await _call(target, "fastws_shutdown", server)
+            except Exception:
+                logger.exception("fastws: the shutdown hook of %r failed", target)
 
     def route(self, path: str, methods: Iterable[str] = ("GET",), **route_opts: Any) -> Callable[[Any], Any]:
         """Decorator: a plain HTTP handler ``async def h(request)`` (or a sync one) for ``path``.
@@ -414,3 +432,12 @@ class _HeadResponse(Response):
     def to_bytes(self, keep_alive: bool = False) -> bytes:
         head, _, _ = Response.to_bytes(self, keep_alive).partition(b"\r\n\r\n")
         return head + b"\r\n\r\n"
+
+
+async def _call(target: Any, name: str, server: Any) -> None:
+    hook = getattr(target, name, None)
+    if hook is None or isinstance(target, type):
+        return
+    result = hook(server)
+    if inspect.isawaitable(result):
+        await result

@@ -533,7 +533,9 @@ class Observability:
                 [({"outcome": o, "rule": r}, n) for (o, r), n in sorted(rec.guards.items())]
                 or [({"outcome": "rate_limited", "rule": "connection_rate"}, 0)])
         counter("fastws_backpressure_drops_total", "Messages dropped for peers that do not read",
-                [({}, st["broadcast_skipped"] + rec.backpressure["drop"])])
+                [({}, rec.backpressure["drop"])])
+        counter("fastws_broadcast_skipped_total", "Broadcast deliveries skipped for a full write buffer",
+                [({}, st["broadcast_skipped"])])
         counter("fastws_backpressure_closes_total", "Connections closed because their peer does not read",
                 [({}, st.get("backpressure_closes", 0) + rec.backpressure["close"])])
         counter("fastws_storage_operations_total", "Room storage operations, by operation",

@@ -33,6 +33,7 @@ import orjson
 
 from fastws.connection import Listener
 from fastws.exceptions import ConnectionClosed, FastWSError
+from fastws.metrics import recorder
 from fastws.rooms.storage import _DELETE, Storage, StorageError, StorageFull, room_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -388,7 +389,8 @@ class RoomSlot:
 
     __slots__ = ("ns", "name", "room", "sockets", "queue", "busy", "task", "blockers", "last_event",
                  "storage", "gate", "dropped", "auto", "batcher", "alarm_at", "alarm_handle",
-                 "alarm_retry", "hook_started", "timed_out", "current", "closed", "all_conns", "__weakref__")
+                 "alarm_retry", "hook_started", "timed_out", "current", "closed", "all_conns", "messages",
+                 "__weakref__")
 
     def __init__(self, ns: _Namespace, name: str) -> None:
         self.ns = ns
@@ -415,6 +417,7 @@ class RoomSlot:
         self.current: tuple[Any, ...] | None = None
         self.closed = False
         self.all_conns: list[Any] | None = None  # cached connections of every socket (for broadcast)
+        self.messages = 0                         # messages delivered to the room (metrics)
         cls = ns.room_class
         if cls.batch:
             from fastws._batch import Batcher
@@ -479,9 +482,11 @@ class RoomSlot:
     def _slow(self, sock: RoomSocket, data: Any) -> None:
         cls = self.ns.room_class
         if cls.slow_consumer == "close":
+            recorder.backpressure_close()
             _close_conn(sock, 1013, "slow consumer")
             return
         self.dropped += 1
+        recorder.backpressure_drop()
         room = self.room
         if room is not None and type(room).on_slow_consumer is not Room.on_slow_consumer:
             try:
@@ -582,6 +587,7 @@ class RoomSlot:
         self.alarm_handle = None
         if self.alarm_at != at:
             return
+        recorder.alarm_fired()
         self.deliver((ALARM, None, at, self.alarm_retry, None))
 
     def _alarm_done(self, at: float, failed: bool) -> None:
@@ -590,6 +596,7 @@ class RoomSlot:
         cls = self.ns.room_class
         if failed and self.alarm_retry + 1 < cls.alarm_max_tries:
             self.alarm_retry += 1
+            recorder.alarm_retried()
             self._schedule_alarm(at, cls.alarm_retry_base * (2 ** (self.alarm_retry - 1)))
             return
         if failed:
@@ -719,6 +726,7 @@ class RoomSlot:
             return None
         try:
             if kind == MESSAGE:
+                self.messages += 1
                 r = room.on_message(sock, a)
             elif kind == CONNECT:
                 # a socket joins when its connect event runs: it sees nothing sent before

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from fastws.handshake import Request, Response
+from fastws.metrics import RoomInfo, recorder
 from fastws.rooms.room import ACCEPT, REQUEST, Room, RoomSlot, RoomSocket
 from fastws.rooms.storage import StorageError, close_idle
 from fastws.server import Accept
@@ -55,6 +56,11 @@ class _Namespace:
         hib = room_class.hibernate
         self.hibernate_after = 10.0 if hib is True else float(hib or 0.0)
         self._schedule_sweep()
+        recorder.add_rooms_source(self._room_infos)
+
+    def _room_infos(self) -> list[RoomInfo]:
+        """Per-room figures for /metrics and /analytics (read at scrape time)."""
+        return [RoomInfo(name, len(s.sockets), s.messages, s.room is None) for name, s in self.slots.items()]
 
     # ------------------------------------------------------------ slots
 
@@ -115,6 +121,7 @@ class _Namespace:
                 s._schedule_alarm(at)
 
     async def shutdown(self) -> None:
+        recorder.remove_rooms_source(self._room_infos)
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
@@ -305,7 +312,7 @@ class RoomRouter:
 
     async def _accept_async(self, slot: RoomSlot, ws: Any, request: Request) -> Any:
         result = await self._accept_inner(slot, request)
-        return _answer(ws, result) if isinstance(result, Response) else result
+        return result
 
     async def _accept_inner(self, slot: RoomSlot, request: Request) -> Any:
         refused = await self._open(slot)
@@ -333,36 +340,12 @@ class RoomRouter:
     async def _http(self, slot: RoomSlot, ws: Any, request: Request) -> Response:
         refused = await self._open(slot)
         if refused is not None:
-            return _answer(ws, refused)
+            return refused
         try:
             result = await slot.request(REQUEST, None, request)
         except Exception:
-            return _answer(ws, Response(500, "Internal Server Error\n"))
-        return _answer(ws, _to_response(result))
-
-
-def _resume_after_response(ws: Any, tries: int = 3) -> None:
-    """Work around the engine: after an asynchronous accept hook answers with a Response, reading
-    stays paused, so the client's close goes unseen until close_timeout. Resume it once the
-    response is written (the connection is CLOSING then)."""
-    transport = getattr(ws, "transport", None)
-    if transport is None or ws.closed:
-        return
-    if ws.state == "CLOSING":
-        try:
-            transport.resume_reading()
-        except Exception:
-            pass
-    elif tries and ws.state == "HANDSHAKE":
-        asyncio.get_running_loop().call_soon(_resume_after_response, ws, tries - 1)
-
-
-def _answer(ws: Any, response: Response) -> Response:
-    try:
-        asyncio.get_running_loop().call_soon(_resume_after_response, ws)
-    except RuntimeError:  # pragma: no cover - no loop
-        pass
-    return response
+            return Response(500, "Internal Server Error\n")
+        return _to_response(result)
 
 
 async def _scan_later(ns: _Namespace) -> None:

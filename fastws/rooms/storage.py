@@ -27,6 +27,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,7 @@ from typing import Any
 import orjson
 
 from fastws.exceptions import FastWSError
+from fastws.metrics import recorder
 
 __all__ = ["Storage", "StorageError", "StorageFull", "Transaction", "room_path"]
 
@@ -438,14 +440,16 @@ class Storage:
         self._kv, self._meta, self._delete_all, self._staged_bytes = {}, {}, False, 0
         seq = self._seq
         self._touch()
+        t0 = time.perf_counter()
         fut = self._chain.submit(self._db.commit, kv, meta, delete_all)
         self._last_commit = fut
-        fut.add_done_callback(lambda f: self._committed_cb(seq, f))
+        fut.add_done_callback(lambda f: self._committed_cb(seq, f, t0))
 
-    def _committed_cb(self, seq: int, fut: asyncio.Future[Any]) -> None:
+    def _committed_cb(self, seq: int, fut: asyncio.Future[Any], t0: float = 0.0) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
+        recorder.storage("commit", time.perf_counter() - t0, ok=exc is None)
         if exc is not None:
             logger.error("fastws.rooms: %s", exc)
             if self._on_failure is not None:
