@@ -99,6 +99,8 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def buffered_amount(self) -> int: ...
     def send(self, data: str | bytes | bytearray | memoryview | Message, *, binary: bool | None = None) -> Awaitable[None]: ...
+    def add_close_callback(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` once when the connection is gone (at once if it is already)."""
     def set_message_gate(self, gate: Any, on_over: Callable[[Connection], Any] | None = None) -> None:
         """Check incoming messages against a ``fastws._limits.MessageGate`` before dispatch; over the
         limit, ``on_over(ws)`` returns True (deliver), False (drop) or ``(code, reason)`` (drop, close)."""

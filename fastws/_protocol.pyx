@@ -976,6 +976,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         double _established_at
         double _handed_at               # queue mode: when the message the app is handling was read
         MessageGate _gate               # per-message rate limit checked before dispatch, or None
+        object _close_cbs               #: callables run once when the connection is gone (None or a list)
         object _gate_over               #: callable(ws) -> bool: a message is over the limit; True delivers it
         bint _write_copies              # the transport copies what it cannot send at once (aiofastnet)
         SocketTransport _sock           # our own socket transport (C-level writes), or None
@@ -1110,6 +1111,18 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         else:
             self._write(frame)
         return 0
+
+    def add_close_callback(self, object callback):
+        """Call ``callback()`` once when the connection is gone (TCP closed, whatever the reason),
+        from the event loop; at once if it is gone already. Cheaper than awaiting
+        :meth:`wait_closed` for bookkeeping such as releasing a connection slot."""
+        if self._lost:
+            callback()
+            return
+        if self._close_cbs is None:
+            self._close_cbs = [callback]
+        else:
+            self._close_cbs.append(callback)
 
     def set_message_gate(self, MessageGate gate, object on_over=None):
         """Check every incoming message against ``gate`` (a ``fastws._limits.MessageGate``) in the
@@ -1351,6 +1364,13 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._wake_waiter()
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
+        if self._close_cbs is not None:
+            cbs, self._close_cbs = self._close_cbs, None
+            for cb in cbs:
+                try:
+                    cb()
+                except Exception as exc:
+                    logger.error("fastws: error in a close callback", exc_info=exc)
         if first:
             self._notify_close()
         self._write = None

@@ -60,7 +60,7 @@ class ConnectionCaps:
 
     def _hold(self, ws: Any, ip: str) -> None:
         """The slot (already counted) is released when the TCP connection closes."""
-        ws.wait_closed().add_done_callback(lambda _f: self._release(ip))
+        ws.add_close_callback(lambda: self._release(ip))
 
     def _release(self, ip: str) -> None:
         self.total -= 1
