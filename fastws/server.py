@@ -254,8 +254,9 @@ class Server:
         except HandshakeError as exc:
             log_access(request, exc.status, None, started)
             return
-        closed: Any = ws.wait_closed()  # a future
-        closed.add_done_callback(lambda _f: log_access(request, 101, ws.close_code, started))
+        # written when the connection is gone, with its close code and duration (no future: an
+        # idle connection keeps only this closure)
+        ws.add_close_callback(lambda: log_access(request, 101, ws.close_code, started))
 
     def _factory(self) -> Connection:
         return Connection(self.endpoint)
