@@ -10,11 +10,14 @@
   would lose. Anything else gets ``{"type": "error", "message": "Invalid message format"}``.
 - On close the others get ``{"type": "user_left", ...}``. ``GET /room`` returns
   ``{"sessions": N, "messages": M}``. History is in ``<data-dir>/ChatRoom/<room>.sqlite3``.
+- A browser (a GET that accepts ``text/html``) gets the demo page, ``examples/chat.html``, for that
+  room: open ``http://127.0.0.1:9001/lobby`` in two windows.
 """
 
 from __future__ import annotations
 
 import datetime
+import pathlib
 import time
 import uuid
 from collections import deque
@@ -22,10 +25,12 @@ from typing import Any
 
 import orjson
 
+from fastws import Response
 from fastws.rooms import Room, RoomRouter
 
 HISTORY = 50
 INVALID = orjson.dumps({"type": "error", "message": "Invalid message format"}).decode()
+PAGE = pathlib.Path(__file__).with_name("chat.html")
 
 
 def now_iso() -> str:
@@ -66,7 +71,9 @@ class ChatRoom(Room):
     def on_close(self, ws: Any, code: int, reason: str, was_clean: bool) -> None:
         self.broadcast({"type": "user_left", "userId": ws.id, "timestamp": now_iso()})
 
-    def on_request(self, request: Any) -> dict[str, int]:
+    def on_request(self, request: Any) -> Any:
+        if "text/html" in (request.headers.get("accept") or ""):
+            return Response(200, PAGE.read_bytes(), content_type="text/html; charset=utf-8")
         return {"sessions": len(self.sockets()), "messages": self.count}
 
 
