@@ -149,8 +149,8 @@ class SocketTransport:
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
     def get_protocol(self) -> Connection: ...
 
-def attach_socket(endpoint: Endpoint, sock: socket.socket, peername: Any) -> Connection:
-    """Run a WebSocket server connection on an accepted, non-blocking socket."""
+def attach_socket(endpoint: Endpoint, sock: socket.socket, peername: Any, conn: Connection | None = None) -> Connection:
+    """Run a WebSocket connection (a server one, or the client ``conn``) on fastws' own transport."""
 
 def broadcast(connections: Iterable[Connection], data: str | bytes | bytearray | memoryview, *,
               exclude: Connection | None = None, max_buffer: int = 0) -> list[Connection]:

@@ -939,9 +939,12 @@ cdef class SocketTransport:
         return f"<fastws.SocketTransport fd={self._fd} {'closed' if self._closed else 'open'}>"
 
 
-def attach_socket(Endpoint endpoint, object sock, object peername):
-    """Run a WebSocket server connection on an accepted, non-blocking socket."""
-    cdef Connection conn = Connection(endpoint)
+def attach_socket(Endpoint endpoint, object sock, object peername, Connection conn=None):
+    """Run a WebSocket connection on fastws' own transport over a connected, non-blocking socket:
+    a server connection for an accepted socket, or ``conn`` (a client Connection built with
+    ``client_handshake=``, whose opening request is sent at once)."""
+    if conn is None:
+        conn = Connection(endpoint)
     cdef SocketTransport t = SocketTransport.new(endpoint.loop, sock, peername, conn)
     conn.connection_made(t)
     t._start_reading()

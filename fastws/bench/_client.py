@@ -14,7 +14,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from fastws._protocol import Connection, Endpoint
+from fastws._protocol import Connection, Endpoint, attach_socket
 from fastws.client import parse_url
 from fastws.exceptions import InvalidHandshake
 from fastws.handshake import ClientHandshake, CompressionOptions
@@ -92,6 +92,21 @@ class ClientFactory:
         try:
             async def go() -> Connection:
                 nonlocal transport
+                if self._ssl is None:
+                    # plain TCP: fastws' own socket transport (C-level recv/send, no Python call per read)
+                    family = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    try:
+                        sock.setblocking(False)
+                        await self.loop.sock_connect(sock, addr)
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    except BaseException:
+                        sock.close()
+                        raise
+                    conn = Connection(endpoint, listener=listener, client_handshake=hs, open_waiter=opened)
+                    attach_socket(endpoint, sock, addr, conn)
+                    transport = conn.transport
+                    return await opened
                 transport, _ = await self.loop.create_connection(
                     lambda: Connection(endpoint, listener=listener, client_handshake=hs, open_waiter=opened),
                     addr[0], addr[1], **kw)
