@@ -247,10 +247,8 @@ class Server:
         if isinstance(result, Response):
             log_access(request, result.status, None, started)
             return
-        if not request.is_websocket:
-            return  # the engine answers (426 ...) and counts it
         try:
-            validate_upgrade(request)  # what the engine checks next: log its refusal here
+            validate_upgrade(request)  # what the engine checks next (426 for plain HTTP): log its refusal here
         except HandshakeError as exc:
             log_access(request, exc.status, None, started)
             return

@@ -244,10 +244,11 @@ async def test_access_log_plain_and_json(serve, caplog):
         with pytest.raises(fastws.InvalidHandshake):
             await fastws.connect(server.url + "/chat", headers={"Origin": "https://no.example"})
         assert (await http_get(server.address, "/nowhere"))[0] == 404
-        await settle(lambda: len([r for r in caplog.records if r.name == "fastws.access"]) >= 3)
+        assert (await http_get(server.address, "/chat"))[0] == 426  # plain HTTP on a WebSocket route
+        await settle(lambda: len([r for r in caplog.records if r.name == "fastws.access"]) >= 4)
     records = [r for r in caplog.records if r.name == "fastws.access"]
     by_status = {r.status: r for r in records}
-    assert set(by_status) == {101, 403, 404}
+    assert set(by_status) == {101, 403, 404, 426}
     ok = by_status[101]
     assert ok.client == "127.0.0.1" and ok.path == "/chat" and ok.close_code == 1000 and ok.duration_ms > 0
     assert re.fullmatch(r'127\.0\.0\.1 "GET /chat" 101 1000 \d+\.\dms', ok.getMessage())
