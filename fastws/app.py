@@ -33,7 +33,7 @@ from fastws.exceptions import HandshakeError
 from fastws.guards import Guards
 from fastws.handshake import Request, Response
 from fastws.routing import Router
-from fastws.server import Accept
+from fastws.server import Accept, _call_hook
 
 __all__ = ["App", "to_response"]
 
@@ -229,14 +229,14 @@ class App:
         """Run the mounted targets' ``fastws_startup(server)`` hooks (a room router schedules
         its stored alarms there); the server calls this before it listens."""
         for target in self._mounted:
-            await _call(target, "fastws_startup", server)
+            await _call_hook(target, "fastws_startup", server)
 
     async def fastws_shutdown(self, server: Any) -> None:
         """Run the mounted targets' ``fastws_shutdown(server)`` hooks (rooms commit and close
         their databases), after the connections are closed."""
         for target in self._mounted:
             try:
-                await _call(target, "fastws_shutdown", server)
+                await _call_hook(target, "fastws_shutdown", server)
             except Exception:
                 logger.exception("fastws: the shutdown hook of %r failed", target)
 
@@ -432,12 +432,3 @@ class _HeadResponse(Response):
     def to_bytes(self, keep_alive: bool = False) -> bytes:
         head, _, _ = Response.to_bytes(self, keep_alive).partition(b"\r\n\r\n")
         return head + b"\r\n\r\n"
-
-
-async def _call(target: Any, name: str, server: Any) -> None:
-    hook = getattr(target, name, None)
-    if hook is None or isinstance(target, type):
-        return
-    result = hook(server)
-    if inspect.isawaitable(result):
-        await result

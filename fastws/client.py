@@ -26,6 +26,15 @@ __all__ = ["connect", "parse_url"]
 logger = logging.getLogger("fastws.client")
 
 
+def header_list(headers: Any) -> list[tuple[str, str]]:
+    """Extra request headers as given (None, a dict or ``(name, value)`` pairs) as a new list."""
+    if headers is None:
+        return []
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return list(headers)
+
+
 def parse_url(url: str) -> tuple[bool, str, int, str, str]:
     """Split a ws:// or wss:// URL into ``(secure, host, port, target, host_header)``.
 
@@ -93,12 +102,7 @@ class connect:
             # between our messages (client messages are usually small, so little ratio is lost).
             compression = CompressionOptions(client_no_context_takeover=True)
         self.compression = compression_options(compression)
-        if headers is None:
-            self.headers: list[tuple[str, str]] = []
-        elif isinstance(headers, dict):
-            self.headers = list(headers.items())
-        else:
-            self.headers = list(headers)
+        self.headers: list[tuple[str, str]] = header_list(headers)
         if origin is not None:
             self.headers.append(("Origin", origin))
         self.max_size = max_size

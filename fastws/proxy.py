@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from fastws import handshake as _hs
 from fastws._protocol import Connection, Endpoint
-from fastws.client import parse_url
+from fastws.client import header_list, parse_url
 from fastws.connection import Listener, Message
 from fastws.exceptions import ConnectionClosed, FastWSError, HandshakeError, InvalidHandshake
 from fastws.handshake import ClientHandshake, Request
@@ -249,12 +249,7 @@ class Proxy:
         parts = urlsplit(backend_url)
         self._prefix = parts.path.rstrip("/")
         self._query = parts.query
-        if headers is None:
-            self.headers: list[tuple[str, str]] = []
-        elif isinstance(headers, dict):
-            self.headers = list(headers.items())
-        else:
-            self.headers = list(headers)
+        self.headers: list[tuple[str, str]] = header_list(headers)
         for name, value in self.headers:
             if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
                 raise ValueError(f"invalid header {name!r}")

@@ -60,6 +60,9 @@ class _Namespace:
 
     def _room_infos(self) -> list[RoomInfo]:
         """Per-room figures for /metrics and /analytics (read at scrape time)."""
+        if self.loop.is_closed():  # a namespace whose loop is gone (never shut down) reports nothing
+            recorder.remove_rooms_source(self._room_infos)
+            return []
         return [RoomInfo(name, len(s.sockets), s.messages, s.room is None) for name, s in self.slots.items()]
 
     # ------------------------------------------------------------ slots

@@ -4,20 +4,22 @@ server (examples/echo.py in its own process) and as a client.
 Bar: every case OK, except the three INFORMATIONAL by design (7.1.6, 7.13.1,
 7.13.2); no NON-STRICT, UNIMPLEMENTED or FAILED, and every closing handshake
 OK. ``pytest -m autobahn`` selects these; ``.ci/run`` runs the whole suite.
+The client cases run in a second process (``_client_suite.py``) while the server
+cases run here, so the two halves overlap on a 2-core machine.
 Set FASTWS_AUTOBAHN_CASES (comma-separated globs) to run a subset.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -100,46 +102,46 @@ async def test_server(echo_server, group):
     assert not bad, "\n".join(bad)
 
 
-CLIENT = textwrap.dedent('''
-    import asyncio, sys, fastws
-    base = sys.argv[1]
-    cases = [int(c) for c in sys.argv[2].split(",")]
-    async def echo(url):
-        try:
-            async with fastws.connect(url, max_size=2**26) as ws:
-                async for message in ws:
-                    await ws.send(message)
-        except fastws.FastWSError:
-            pass
-    async def main():
-        for i in cases:
-            await asyncio.wait_for(echo(f"{base}/runCase?case={i}&agent=fastws"), 120)
-        try:
-            async with fastws.connect(base + "/updateReports?agent=fastws"):
-                pass
-        except fastws.FastWSError:
-            pass
-    asyncio.run(main())
-''')
+@pytest.fixture(scope="module", autouse=True)
+def client_suite(request, tmp_path_factory):
+    """The client cases run in their own process (tests/conformance/_client_suite.py), started
+    with this module's first test so they overlap the server cases; ``test_client`` reads each
+    group's results as that process writes them."""
+    groups = [item.callspec.params["group"] for item in request.session.items
+              if item.originalname == "test_client" and item.path == request.path]
+    if not groups:
+        yield None
+        return
+    out = tmp_path_factory.mktemp("autobahn") / "client.jsonl"
+    out.touch()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "conformance" / "_client_suite.py"),
+                             str(out), *groups], cwd=ROOT)
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _client_results(suite, group: str, timeout: float = 1800) -> list[SimpleNamespace]:
+    proc, out = suite
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in out.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["group"] == group:
+                assert "error" not in entry, entry.get("error")
+                return [SimpleNamespace(case_id=r["case_id"], result=r["result"],
+                                        behavior=SimpleNamespace(value=r["behavior"]),
+                                        behavior_close=SimpleNamespace(value=r["behavior_close"]))
+                        for r in entry["results"]]
+        assert proc.poll() is None, f"client suite exited ({proc.returncode}) before group {group}"
+        assert time.monotonic() < deadline, f"client suite: no result for {group} in {timeout} s"
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("group", SELECTED or GROUPS)
-async def test_client(group):
-    async with kosoku.run_fuzzingserver(cases=[group], port=0, host="127.0.0.1") as server:
-        base = f"ws://127.0.0.1:{server.port}"
-        async with __import__("fastws").connect(base + "/getCaseCount") as ws:
-            n = int(await ws.recv())
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, base,
-                                                    ",".join(str(i) for i in range(1, n + 1)), cwd=ROOT)
-        try:
-            try:
-                results = await asyncio.wait_for(server.get_result(), 900)
-            except kosoku.FailureError as failure:
-                results = failure.results
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
+def test_client(client_suite, group):
+    results = _client_results(client_suite, group)
     assert results, "no case ran"
     counts, bad = _verdicts(results)
     _report(f"client {group}", counts, bad, len(results))
