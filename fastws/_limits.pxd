@@ -1,5 +1,7 @@
 # C-level contract of the rate limiter (see _limits.pyx).
 
+from libc.stdint cimport uint32_t, uint64_t
+
 cdef double now_monotonic() noexcept nogil
 
 cdef class TokenBucket:
@@ -38,6 +40,14 @@ cdef class MessageGate:
     cpdef double check(self) except -1.0
     cpdef bint notice_due(self, double interval)
 
+ctypedef struct Addr:
+    bint v6
+    uint32_t a4
+    uint64_t hi
+    uint64_t lo
+
+cdef bint _parse_addr(str ip, Addr* a) noexcept
+
 cdef class CidrSet:
     cdef bytearray _v4
     cdef bytearray _v6
@@ -45,3 +55,16 @@ cdef class CidrSet:
     cdef Py_ssize_t _n6
 
     cpdef bint contains(self, str ip)
+    cdef bint _has(self, const Addr* a) noexcept
+
+cdef class Globs:
+    cdef readonly list simple        #: patterns matched in C (no '[')
+    cdef readonly object regex       #: compiled re for the patterns with '[' (or None)
+
+    cpdef bint match(self, str text)
+
+cdef class RuleSet:
+    cdef list _rules
+    cdef readonly int default
+
+    cpdef bint allows(self, str ip, str path, object headers)

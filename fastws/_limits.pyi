@@ -1,8 +1,8 @@
 """Type stubs for the token buckets (fastws/_limits.pyx)."""
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
-__all__ = ["TokenBucket", "BucketTable", "MessageGate", "CidrSet", "monotonic"]
+__all__ = ["TokenBucket", "BucketTable", "MessageGate", "CidrSet", "Globs", "RuleSet", "monotonic"]
 
 def monotonic() -> float: ...
 
@@ -47,3 +47,15 @@ class CidrSet:
     def __init__(self, networks: Iterable[tuple[int, int, int]] = ()) -> None: ...
     def contains(self, ip: str) -> bool: ...
     def __len__(self) -> int: ...
+
+class Globs:
+    simple: list[str]
+    regex: object
+    def __init__(self, patterns: Iterable[str]) -> None: ...
+    def match(self, text: str) -> bool: ...
+
+class RuleSet:
+    default: int
+    def __init__(self, rules: Iterable[tuple[str, CidrSet | None, Sequence[str] | None, Sequence[tuple[str, str]]]],
+                 default: str = "allow") -> None: ...
+    def allows(self, ip: str, path: str, headers: Mapping[str, list[str]]) -> bool: ...

@@ -30,7 +30,7 @@ from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-__all__ = ["TokenBucket", "BucketTable", "MessageGate", "CidrSet", "monotonic"]
+__all__ = ["TokenBucket", "BucketTable", "MessageGate", "CidrSet", "Globs", "RuleSet", "monotonic"]
 
 # how many front entries each new key examines (amortised eviction)
 cdef enum:
@@ -255,6 +255,29 @@ cdef inline uint64_t _be64(const unsigned char* p) noexcept nogil:
     return v
 
 
+cdef bint _parse_addr(str ip, Addr* a) noexcept:
+    """Parse a plain IPv4/IPv6 address (IPv4-mapped IPv6 becomes IPv4); False when it is not one."""
+    cdef bytes b
+    cdef unsigned char buf[16]
+    if ip is None or len(ip) > 45 or not ip.isascii():
+        return False
+    b = ip.encode("ascii")
+    if c_inet_pton(AF_INET, b, buf) == 1:
+        a.v6 = False
+        a.a4 = (<uint32_t>buf[0] << 24) | (<uint32_t>buf[1] << 16) | (<uint32_t>buf[2] << 8) | buf[3]
+        return True
+    if c_inet_pton(AF_INET6, b, buf) == 1:
+        a.hi = _be64(buf)
+        a.lo = _be64(buf + 8)
+        if a.hi == 0 and (a.lo >> 32) == 0xFFFF:
+            a.v6 = False
+            a.a4 = <uint32_t>(a.lo & 0xFFFFFFFF)
+        else:
+            a.v6 = True
+        return True
+    return False
+
+
 cdef class CidrSet:
     """IPv4 and IPv6 networks, matched in C: ``ip in cidrs`` parses the address
     with ``inet_pton`` and compares masked integers, with no Python object per check.
@@ -298,32 +321,152 @@ cdef class CidrSet:
     cpdef bint contains(self, str ip):
         """True when ``ip`` (a plain address as a socket reports it) is in a network;
         False for anything that does not parse. IPv4-mapped IPv6 counts as IPv4."""
-        cdef bytes b = ip.encode("ascii", "replace")
-        cdef const char* s = b
-        cdef unsigned char buf[16]
-        cdef uint32_t a4
-        cdef uint64_t hi, lo
+        cdef Addr a
+        if not _parse_addr(ip, &a):
+            return False
+        return self._has(&a)
+
+    cdef bint _has(self, const Addr* a) noexcept:
         cdef Py_ssize_t i
         cdef uint32_t* p4 = <uint32_t*><char*>self._v4
         cdef uint64_t* p6 = <uint64_t*><char*>self._v6
-        if c_inet_pton(AF_INET, s, buf) == 1:
-            a4 = (<uint32_t>buf[0] << 24) | (<uint32_t>buf[1] << 16) | (<uint32_t>buf[2] << 8) | buf[3]
-        elif c_inet_pton(AF_INET6, s, buf) == 1:
-            hi = _be64(buf)
-            lo = _be64(buf + 8)
-            if hi == 0 and (lo >> 32) == 0xFFFF:
-                a4 = <uint32_t>(lo & 0xFFFFFFFF)
-            else:
-                for i in range(self._n6):
-                    if (hi & p6[4 * i + 2]) == p6[4 * i] and (lo & p6[4 * i + 3]) == p6[4 * i + 1]:
-                        return True
-                return False
-        else:
+        if a.v6:
+            for i in range(self._n6):
+                if (a.hi & p6[4 * i + 2]) == p6[4 * i] and (a.lo & p6[4 * i + 3]) == p6[4 * i + 1]:
+                    return True
             return False
         for i in range(self._n4):
-            if (a4 & p4[2 * i + 1]) == p4[2 * i]:
+            if (a.a4 & p4[2 * i + 1]) == p4[2 * i]:
                 return True
         return False
 
     def __len__(self):
         return self._n4 + self._n6
+
+
+# ---------------------------------------------------------------- firewall rules
+
+cdef bint _glob(str pat, str s) noexcept:
+    """fnmatch-style match of the whole of ``s`` with ``*`` (any run, '/' included) and ``?``
+    (one character); ``pat`` has no ``[``. Greedy with backtracking to the last ``*``: O(len(s))
+    for one star, O(len(pat) * len(s)) at worst."""
+    cdef Py_ssize_t np = len(pat), ns = len(s)
+    cdef Py_ssize_t i = 0, j = 0, star = -1, mark = 0
+    cdef Py_UCS4 c, t
+    while j < ns:
+        if i < np:
+            c = pat[i]
+            if c == u'*':
+                star = i
+                i += 1
+                mark = j
+                continue
+            t = s[j]
+            if c == u'?' or c == t:
+                i += 1
+                j += 1
+                continue
+        if star < 0:
+            return False
+        i = star + 1
+        mark += 1
+        j = mark
+    while i < np:
+        c = pat[i]
+        if c != u'*':
+            break
+        i += 1
+    return i == np
+
+
+cdef class Globs:
+    """Shell-style patterns (``fnmatch``: ``*``, ``?``, ``[seq]``), one of which must match the
+    whole text; case-sensitive. ``*``/``?`` patterns are matched in C, patterns with ``[`` by the
+    ``re`` translation of :func:`fnmatch.translate`.
+
+    Args:
+        patterns: the patterns.
+    """
+
+    def __init__(self, patterns):
+        import fnmatch
+        import re
+        self.simple = []
+        sets = []
+        for p in patterns:
+            p = str(p)
+            if "[" in p:
+                sets.append(fnmatch.translate(p))
+            else:
+                self.simple.append(p)
+        self.regex = re.compile("|".join(sets)) if sets else None
+
+    cpdef bint match(self, str text):
+        """True when one of the patterns matches all of ``text``."""
+        cdef str p
+        for p in self.simple:
+            if _glob(p, text):
+                return True
+        return self.regex is not None and self.regex.match(text) is not None
+
+
+cdef class _Rule:
+    cdef int action            # 1 allow, 0 deny
+    cdef CidrSet nets          # None: any IP
+    cdef Globs path            # None: any path
+    cdef list headers          # [(lower-case name, Globs)]
+
+
+cdef class RuleSet:
+    """Firewall rules in order, first match wins, evaluated in one C loop: the client IP is
+    parsed once, CIDRs compared as integers, globs matched in C.
+
+    Args:
+        rules: ``(action, cidrs, paths, headers)`` tuples: ``action`` "allow" or "deny";
+            ``cidrs`` a :class:`CidrSet` or None; ``paths`` a list of globs or None;
+            ``headers`` ``[(name, glob)]`` (name case-insensitive, glob case-sensitive).
+        default: "allow" or "deny" when no rule matches.
+    """
+
+    def __init__(self, rules, str default="allow"):
+        cdef _Rule r
+        self._rules = []
+        for action, cidrs, paths, headers in rules:
+            r = _Rule.__new__(_Rule)
+            r.action = 1 if action == "allow" else 0
+            r.nets = cidrs
+            r.path = Globs(paths) if paths else None
+            r.headers = [(str(k).lower(), Globs([v])) for k, v in headers]
+            self._rules.append(r)
+        self.default = 1 if default == "allow" else 0
+
+    cpdef bint allows(self, str ip, str path, object headers):
+        """True when the first matching rule (else the default) allows the request. ``headers``
+        maps lower-case names to lists of values (``fastws.Headers`` index)."""
+        cdef Addr a
+        cdef bint have_addr = _parse_addr(ip, &a)
+        cdef _Rule r
+        cdef PyObject* found
+        cdef bint ok
+        cdef Globs g
+        for r in self._rules:
+            if r.nets is not None and (not have_addr or not r.nets._has(&a)):
+                continue
+            if r.path is not None and not r.path.match(path):
+                continue
+            ok = True
+            for name, g in r.headers:
+                found = PyDict_GetItem(headers, name)
+                if found == NULL:
+                    ok = False
+                    break
+                ok = False
+                for v in <object>found:
+                    if g.match(v):
+                        ok = True
+                        break
+                if not ok:
+                    break
+            if ok:
+                return r.action == 1
+        return self.default == 1

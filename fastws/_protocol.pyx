@@ -853,8 +853,10 @@ cdef class SocketTransport:
             pass
         # connection_lost runs soon (never inside the caller's write), but from now on
         # send() must fail instead of dropping data
-        self._conn._transport_gone()
-        self._loop.call_soon(self._conn.connection_lost, exc)
+        conn = self._conn
+        self._conn = None  # no Connection <-> transport cycle: both go by refcount, not by the GC
+        conn._transport_gone()
+        self._loop.call_soon(conn.connection_lost, exc)
 
     # ------------------------------------------------------------ asyncio.Transport API
 

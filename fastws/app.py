@@ -321,7 +321,7 @@ class App:
         matched = self._router.match(request.path)
         entry: _Endpoint | None = matched[0] if matched is not None else None
         guards = self._guards_for(entry) if entry is not None and entry.kind else self.guards
-        ip = guards.check_request(request)       # client IP, firewall, connection rate
+        ip = guards._check_request(request)      # client IP, firewall, connection rate
         scope["client_ip"] = ip
         if entry is None:
             raise HandshakeError(404, "Not Found")
@@ -332,7 +332,8 @@ class App:
             if not upgrade:
                 # a mounted target answers its own plain HTTP (a proxy says 400, ...)
                 return self._delegate(ws, request, entry, None, guards, http=True)
-            guards.check_upgrade(request)        # Origin allow-list
+            if guards.origin is not None:
+                guards._check_upgrade(request)   # Origin allow-list
             auth = self._auth(entry.options)
             claims: Any = auth.authenticate(request) if auth is not None else None
             if _awaitable(claims):
@@ -412,8 +413,8 @@ class App:
         if spec.data is None and request.scope.get("params"):
             spec.data = dict(request.scope["params"])  # type: ignore[call-overload]
         on_open = getattr(auth, "on_open", None) if auth is not None else None
-        guards.wrap(spec, on_open, ws)
-        waiting = guards.acquire(ws, request)
+        # message limits on the connection, on_open around the handler, a connection slot
+        waiting = guards._admit(ws, spec, str(request.scope.get("client_ip", "")), on_open)
         if waiting is None:
             return spec
         return _chain(waiting, lambda _: spec)

@@ -76,6 +76,10 @@ class Headers:
             self._index = index
         return index
 
+    def index(self) -> dict[str, list[str]]:
+        """Lower-case name -> values, built once per request (shared: do not modify)."""
+        return self._lookup()
+
     def get(self, name: str, default: str | None = None) -> str | None:
         values = self._lookup().get(name.lower())
         return values[0] if values else default

@@ -16,11 +16,13 @@ from fastws.guards.caps import ConnectionCaps
 from fastws.guards.firewall import Firewall, Rule
 from fastws.guards.ip import TrustedProxies, rate_key
 from fastws.guards.origin import OriginGuard
+from fastws._limits import MessageGate, TokenBucket
 from fastws.guards.ratelimit import (
     ConnectionRateLimiter,
     LimitedListener,
     MessageLimits,
     RateLimit,
+    user_key,
 )
 from fastws.handshake import Request
 
@@ -91,6 +93,7 @@ class Guards:
         self.settings = {**DEFAULTS, **settings}
         for name in _COMPONENTS:
             setattr(self, name, self._build(name))
+        self._bind()
 
     @staticmethod
     def check_overrides(settings: dict[str, Any]) -> None:
@@ -131,6 +134,7 @@ class Guards:
                 setattr(new, name, new._build(name))
             else:
                 setattr(new, name, getattr(self, name))
+        new._bind()
         return new
 
     # the components (set in __init__ / override)
@@ -141,19 +145,24 @@ class Guards:
     messages: MessageLimits | None
     caps: ConnectionCaps | None
 
+    # The per-request checks run once per upgrade, cold: each is one closure over its
+    # components' C-level parts (bound in _bind), not a chain of method calls.
+
     def check_request(self, request: Request) -> str:
         """Client IP, firewall (403) and connection rate (429); returns the client IP."""
-        ip = self.proxies.client_ip(request)
-        if self.firewall is not None:
-            self.firewall.check(ip, request)
-        if self.conn_rate is not None:
-            self.conn_rate.check(rate_key(ip))
-        return ip
+        return self._check_request(request)
 
     def check_upgrade(self, request: Request) -> None:
         """The Origin allow-list (403)."""
         if self.origin is not None:
-            self.origin.check(request)
+            self._check_upgrade(request)
+
+    def admit(self, ws: Any, spec: Any, ip: str, on_open: Any = None) -> Any:
+        """The connection-level guards for an accepted upgrade: the message limits go on the
+        connection (checked in the engine before dispatch), ``on_open`` around the handler or
+        listener, and a connection slot is taken. Returns None when the slot is taken now,
+        else an awaitable that takes one (503 when full or late)."""
+        return self._admit(ws, spec, ip, on_open)
 
     def wrap(self, spec: Any, on_open: Any = None, ws: Any = None) -> None:
         """Set the message limits on the connection (checked in the engine, before dispatch) and
@@ -166,6 +175,12 @@ class Guards:
             if gate is not None:
                 ws.set_message_gate(gate, limits.policy)
             limits = None
+        self._around(spec, on_open, limits)
+
+    @staticmethod
+    def _around(spec: Any, on_open: Any, limits: MessageLimits | None) -> None:
+        """Put ``on_open`` (and the message limits, when not set on the connection yet) around
+        an Accept's handler or listener."""
         if limits is None and on_open is None:
             return
         if spec.listener is not None:
@@ -191,6 +206,58 @@ class Guards:
         if self.caps is None:
             return None
         return self.caps.acquire(ws, str(request.scope.get("client_ip", "")))
+
+    def _bind(self) -> None:
+        proxies, firewall, rate, origin = self.proxies, self.firewall, self.conn_rate, self.origin
+        trusted = proxies.nets.cidrs if proxies.nets.networks else None
+        allows = firewall._set.allows if firewall is not None else None
+        hit = rate.table.hit if rate is not None else None
+
+        def check_request(request: Request) -> str:
+            addr = request.remote_address
+            ip = addr[0] if addr else ""
+            if trusted is not None and trusted.contains(ip):
+                ip = proxies.client_ip(request)
+            if allows is not None and not allows(ip, request.path, request.headers.index()):
+                firewall.refuse()  # type: ignore[union-attr]
+            if hit is not None:
+                key = ip if ":" not in ip else rate_key(ip)
+                wait = hit(key)
+                if wait:
+                    rate.over(key, wait)  # type: ignore[union-attr]
+            return ip
+
+        self._check_request = check_request
+
+        if origin is not None:
+            exact, full_check = origin._exact, origin.check
+
+            def check_upgrade(request: Request) -> None:
+                values = request.headers.index().get("origin")
+                if values is None or len(values) != 1 or values[0] not in exact:
+                    full_check(request)  # normalises the value; raises 403 when not allowed
+
+            self._check_upgrade = check_upgrade
+
+        limits, caps, around = self.messages, self.caps, self._around
+        if limits is not None:
+            users, args = limits.users, limits._bucket_args
+            ban = limits.per_connection.ban if limits.per_connection is not None else 0.0
+            policy = limits.policy  # one bound method for every connection
+        take = caps.acquire if caps is not None else None
+
+        def admit(ws: Any, spec: Any, ip: str, on_open: Any) -> Any:
+            if limits is not None:
+                key = user_key(spec.user) if users is not None else None
+                if args is not None:
+                    ws.set_message_gate(MessageGate(TokenBucket(*args), ban, users, key), policy)
+                elif key is not None:
+                    ws.set_message_gate(MessageGate(None, 0.0, users, key), policy)
+            if on_open is not None:
+                around(spec, on_open, None)
+            return take(ws, ip) if take is not None else None
+
+        self._admit = admit
 
     def stats(self) -> dict[str, int]:
         """Counters of the live state (for metrics): buckets kept, requests over the connection

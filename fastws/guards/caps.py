@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from functools import partial
 from typing import Any
 
 from fastws.exceptions import HandshakeError
@@ -60,7 +61,7 @@ class ConnectionCaps:
 
     def _hold(self, ws: Any, ip: str) -> None:
         """The slot (already counted) is released when the TCP connection closes."""
-        ws.add_close_callback(lambda: self._release(ip))
+        ws.add_close_callback(partial(self._release, ip))
 
     def _release(self, ip: str) -> None:
         self.total -= 1
@@ -86,9 +87,14 @@ class ConnectionCaps:
         Raises:
             HandshakeError: 503 ``Connection pool full`` when the queue is full.
         """
-        if self._free(ip):
-            self._count(ip)
-            self._hold(ws, ip)
+        # _free, _count and _hold inlined: this runs for every accepted upgrade
+        by_ip = self.by_ip
+        n = by_ip.get(ip, 0)
+        if ((self.max_connections is None or self.total < self.max_connections)
+                and (self.max_per_ip is None or n < self.max_per_ip)):
+            self.total += 1
+            by_ip[ip] = n + 1
+            ws.add_close_callback(partial(self._release, ip))
             return None
         if len(self._waiters) >= self.queue_size:
             recorder.guard("queue_full", "max_connections")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fastws._limits import RuleSet
 from fastws.exceptions import HandshakeError
 from fastws.guards.ip import Networks
 from fastws.handshake import Request
@@ -26,7 +25,7 @@ class Rule:
             case-insensitive, values case-sensitive.
     """
 
-    __slots__ = ("action", "ip", "path", "header", "_nets", "_path", "_headers")
+    __slots__ = ("action", "ip", "path", "header", "_nets", "_paths", "_one")
 
     def __init__(self, action: str, *, ip: str | Iterable[str] | None = None,
                  path: str | Iterable[str] | None = None, header: Mapping[str, str] | None = None) -> None:
@@ -37,9 +36,14 @@ class Rule:
         self.path = path
         self.header = dict(header or {})
         self._nets = Networks(ip, "firewall ip") if ip is not None else None
-        paths = [path] if isinstance(path, str) else list(path) if path is not None else []
-        self._path = re.compile("|".join(fnmatch.translate(p) for p in paths)) if paths else None
-        self._headers = [(k.lower(), re.compile(fnmatch.translate(str(v)))) for k, v in self.header.items()]
+        self._paths = [path] if isinstance(path, str) else list(path) if path is not None else None
+        # this rule alone, for matches(): its action when it matches, the other one when not
+        self._one = RuleSet([self._compiled()], "deny" if action == "allow" else "allow")
+
+    def _compiled(self) -> tuple[str, Any, list[str] | None, list[tuple[str, str]]]:
+        """The rule as :class:`fastws._limits.RuleSet` takes it."""
+        return (self.action, self._nets.cidrs if self._nets is not None else None, self._paths,
+                [(k, str(v)) for k, v in self.header.items()])
 
     @classmethod
     def of(cls, value: Rule | Mapping[str, Any]) -> Rule:
@@ -59,15 +63,7 @@ class Rule:
 
     def matches(self, ip: str, request: Request) -> bool:
         """True when every condition holds."""
-        if self._nets is not None and not self._nets.contains(ip):
-            return False
-        if self._path is not None and not self._path.match(request.path):
-            return False
-        for name, pattern in self._headers:
-            values = request.headers.get_all(name)
-            if not values or not any(pattern.match(v) for v in values):
-                return False
-        return True
+        return self._one.allows(ip, request.path, request.headers.index()) == (self.action == "allow")
 
     def __repr__(self) -> str:
         conds = {k: v for k, v in (("ip", self.ip), ("path", self.path), ("header", self.header or None)) if v}
@@ -84,16 +80,15 @@ class Firewall:
         default: ``"allow"`` (the default) or ``"deny"``.
     """
 
-    __slots__ = ("rules", "default", "_flat")
+    __slots__ = ("rules", "default", "_set")
 
     def __init__(self, rules: Iterable[Rule | Mapping[str, Any]] = (), default: str = "allow") -> None:
         if default not in ("allow", "deny"):
             raise ValueError(f"firewall default must be 'allow' or 'deny', not {default!r}")
         self.rules = [Rule.of(r) for r in rules]
         self.default = default
-        # the rules as plain tuples, evaluated in one loop (no method call per rule)
-        self._flat = [(r.action, r._nets.cidrs if r._nets is not None else None, r._path, r._headers)
-                      for r in self.rules]
+        # evaluated in one C loop (fastws._limits.RuleSet): the IP parsed once, globs matched in C
+        self._set = RuleSet([r._compiled() for r in self.rules], default)
 
     @classmethod
     def of(cls, value: Any) -> Firewall | None:
@@ -109,27 +104,14 @@ class Firewall:
 
     def decide(self, ip: str, request: Request) -> str:
         """``"allow"`` or ``"deny"`` for this request."""
-        path = request.path
-        headers = request.headers
-        for action, nets, path_re, header_res in self._flat:
-            if nets is not None and not nets.contains(ip):
-                continue
-            if path_re is not None and path_re.match(path) is None:
-                continue
-            if header_res:
-                ok = True
-                for name, pattern in header_res:
-                    values = headers.get_all(name)
-                    if not values or not any(pattern.match(v) for v in values):
-                        ok = False
-                        break
-                if not ok:
-                    continue
-            return action
-        return self.default
+        return "allow" if self._set.allows(ip, request.path, request.headers.index()) else "deny"
 
     def check(self, ip: str, request: Request) -> None:
         """Raises ``HandshakeError(403)`` when the request is denied."""
-        if self.decide(ip, request) == "deny":
-            recorder.guard("blocked", "firewall")
-            raise HandshakeError(403, "Forbidden")
+        if not self._set.allows(ip, request.path, request.headers.index()):
+            self.refuse()
+
+    def refuse(self) -> None:
+        """Count a blocked request and raise ``HandshakeError(403)``."""
+        recorder.guard("blocked", "firewall")
+        raise HandshakeError(403, "Forbidden")

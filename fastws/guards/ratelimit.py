@@ -133,20 +133,25 @@ class ConnectionRateLimiter:
         """Raises ``HandshakeError(429)`` when ``key`` (a client IP key) is over the limit."""
         wait = self.table.hit(key)
         if wait:
-            recorder.guard("rate_limited", "connection_rate")
-            if self.limit.action == "log":
-                now = monotonic()
-                if now - self._logged >= NOTICE_INTERVAL:
-                    self._logged = now
-                    logger.warning("fastws: connection rate exceeded by %s (%d over the limit so far)",
-                                   key, self.table.limited)
-                return
-            raise HandshakeError(429, "Too Many Requests", [("Retry-After", _retry_after(wait))])
+            self.over(key, wait)
+
+    def over(self, key: str, wait: float) -> None:
+        """``key`` is over the limit by ``wait`` seconds: count it, then log (``log`` mode) or
+        raise ``HandshakeError(429)`` with ``Retry-After``."""
+        recorder.guard("rate_limited", "connection_rate")
+        if self.limit.action == "log":
+            now = monotonic()
+            if now - self._logged >= NOTICE_INTERVAL:
+                self._logged = now
+                logger.warning("fastws: connection rate exceeded by %s (%d over the limit so far)",
+                               key, self.table.limited)
+            return
+        raise HandshakeError(429, "Too Many Requests", [("Retry-After", _retry_after(wait))])
 
 
 def user_key(user: Any) -> Any:
     """The key of a user for per-user limits: ``userId`` or ``sub`` of the claims, else None."""
-    if isinstance(user, Mapping):
+    if type(user) is dict or isinstance(user, Mapping):
         key = user.get("userId", user.get("sub"))
         return str(key) if key is not None else None
     return None

@@ -53,3 +53,47 @@ async def test_a_failing_close_callback_is_logged_and_the_others_run(serve, capl
     assert calls == ["ran"]
     assert any("close callback" in r.getMessage() for r in caplog.records)
 
+
+
+@pytest.mark.parametrize("app", ["handler", "listener"])
+async def test_a_closed_connection_is_freed_without_the_garbage_collector(serve, app):
+    """No reference cycle is left behind a closed connection: the Connection, its socket
+    transport and its Request go as soon as nothing refers to them (the GC finds nothing)."""
+    import base64
+    import gc
+    import os
+
+    from tests.conftest import EchoListener, echo_handler
+
+    server = await serve(echo_handler if app == "handler" else EchoListener)
+    host, port = server.address
+
+    async def upgrade_and_close() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer.write(b"\x88\x82\x00\x00\x00\x00\x03\xe8")  # CLOSE 1000, zero mask key
+        assert await asyncio.wait_for(reader.read(), 5) == b"\x88\x02\x03\xe8"  # the reply, then EOF
+        writer.close()
+        await writer.wait_closed()
+
+    for _ in range(3):  # warm up: first-use caches are not garbage
+        await upgrade_and_close()
+    await asyncio.sleep(0.05)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            await upgrade_and_close()
+        await asyncio.sleep(0.05)  # connection_lost and the handlers' ends run
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage
+                       if isinstance(o, (fastws.Connection, fastws.Request)) or type(o).__name__ == "SocketTransport"})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []

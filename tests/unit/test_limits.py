@@ -141,3 +141,68 @@ def test_cidr_set_prefix_edges():
     assert tail.contains("2001:db8:1:2::ff") and not tail.contains("2001:db8:1:2::7f")
     assert _cidrs("192.168.1.0/23").contains("192.168.0.7")  # not strict: the /23 around it
     assert not _cidrs().contains("1.1.1.1")
+
+
+# ---------------------------------------------------------------- compiled firewall rules
+
+import fnmatch  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fastws._limits import Globs, RuleSet  # noqa: E402
+
+GLOB_CASES = [
+    ("*", ""), ("*", "/any/thing"), ("/admin*", "/admin"), ("/admin*", "/admi"), ("/admin*", "/x/admin"),
+    ("*BadBot*", "Mozilla BadBot/1"), ("*BadBot*", "badbot"), ("a?c", "abc"), ("a?c", "ac"), ("a?c", "aéc"),
+    ("*.php", "index.php"), ("*.php", "index.php5"), ("a*b*c", "aXbYbZc"), ("a*b*c", "acb"), ("", ""),
+    ("", "x"), ("?", ""), ("\\x*", "\\xy"), ("[ab]x", "bx"), ("[!ab]x", "bx"), ("[!ab]x", "cx"),
+    ("/v[0-9]/*", "/v2/rooms"), ("[", "["), ("**", "anything"), ("é*", "école"), ("é*", "ecole"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "text"), GLOB_CASES)
+def test_globs_match_like_fnmatchcase(pattern, text):
+    assert Globs([pattern]).match(text) == fnmatch.fnmatchcase(text, pattern)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab*?[]!-é/", max_size=7), st.text(alphabet="ab[]!-é/", max_size=10))
+def test_globs_agree_with_fnmatch_on_any_input(pattern, text):
+    assert Globs([pattern]).match(text) == fnmatch.fnmatchcase(text, pattern)
+
+
+def test_globs_any_of_several_and_none():
+    g = Globs(["/a*", "/b?", "/c[xy]"])
+    assert g.match("/a") and g.match("/bz") and g.match("/cy")
+    assert not g.match("/b") and not g.match("/cz") and not g.match("")
+    assert not Globs([]).match("anything")
+
+
+def test_globs_long_text_with_many_stars_stays_linear_enough():
+    # backtracking to the last star only: a hostile header value cannot blow up
+    text = "a" * 16384
+    assert not Globs(["*a*a*a*a*b"]).match(text)
+    assert Globs(["*a*a*a*a*"]).match(text)
+
+
+def test_rule_set_first_match_wins_and_default():
+    rules = RuleSet([
+        ("deny", _cidrs("203.0.113.0/24", "2001:db8::/32"), None, []),
+        ("deny", None, ["/admin*"], []),
+        ("deny", None, None, [("User-Agent", "*BadBot*")]),
+        ("allow", _cidrs("127.0.0.0/8"), ["/ok*"], []),
+        ("deny", _cidrs("127.0.0.0/8"), None, []),
+    ], "allow")
+    ua = {"user-agent": ["curl/8"]}
+    assert not rules.allows("203.0.113.9", "/", ua)
+    assert not rules.allows("2001:db8::1", "/", ua)
+    assert not rules.allows("::ffff:203.0.113.9", "/", ua)  # IPv4-mapped counts as IPv4
+    assert not rules.allows("198.51.100.1", "/admin/x", ua)
+    assert not rules.allows("198.51.100.1", "/", {"user-agent": ["x", "a BadBot b"]})  # any value
+    assert rules.allows("127.0.0.1", "/ok/1", ua)
+    assert not rules.allows("127.0.0.1", "/other", ua)
+    assert rules.allows("198.51.100.1", "/", ua)            # no rule: the default
+    assert rules.allows("198.51.100.1", "/", {})            # a header rule needs the header
+    assert rules.allows("not an ip", "/", ua)               # IP rules never match garbage
+    assert not RuleSet([], "deny").allows("127.0.0.1", "/", {})
