@@ -168,7 +168,7 @@ class connect:
             if transport is not None:
                 transport.abort()
             raise
-        return conn  # type: ignore[no-any-return]
+        return conn  # type: ignore[no-any-return,unused-ignore]
 
     def __await__(self) -> Generator[Any, None, Connection]:
         return self._connect().__await__()

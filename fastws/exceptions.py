@@ -8,6 +8,8 @@ to close frames and HTTP responses in one place each.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "FastWSError",
     "ProtocolError",
@@ -78,7 +80,8 @@ class InvalidHandshake(FastWSError):
         body: the response body, when there was one.
     """
 
-    def __init__(self, reason: str, status: int = 0, body: bytes = b"", headers=None) -> None:
+    def __init__(self, reason: str, status: int = 0, body: bytes = b"",
+                 headers: Any = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status

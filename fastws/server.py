@@ -563,7 +563,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop  # type: ignore[no-any-return,unused-ignore]
 
 
 def run(app: Any, host: str | None = "127.0.0.1", port: int = 8000, *, use_uvloop: bool = True,
