@@ -16,7 +16,6 @@ import base64
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,31 +26,12 @@ sys.path.insert(0, str(ROOT))
 import Cython  # noqa: E402
 
 import fastws  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+from benchmarks._serverproc import ServerProcess, cpu_seconds  # noqa: E402
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, app: str) -> None:
-        cmd = [sys.executable, "-m", "fastws", "--log-level", "warning", "serve", f"benchmarks.guard_apps:{app}",
-               "--port", "0"]
-        if os.cpu_count() and os.cpu_count() > 1:
-            cmd = ["taskset", "-c", "0", *cmd]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        self.url = line.split(" on ")[1].split()[0]
-        self.host, port = self.url.rsplit("/", 1)[-1].rsplit(":", 1)
-        self.port = int(port)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        super().__init__(f"benchmarks.guard_apps:{app}")
 
 
 REQUEST = ("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -18,7 +18,6 @@ import asyncio
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,32 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fastws  # noqa: E402
+from benchmarks._serverproc import ServerProcess, cpu_seconds  # noqa: E402
 
 PAYLOAD = b"x" * 16
-TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-class Server:
+class Server(ServerProcess):
     def __init__(self, *flags: str) -> None:
-        cmd = [sys.executable, "-m", "fastws", "--log-level", "warning", "serve", "examples.echo:app",
-               "--port", "0", "--no-compression", *flags]
-        if os.cpu_count() and os.cpu_count() > 1:
-            cmd = ["taskset", "-c", "0", *cmd]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        self.url = line.split(" on ")[1].split()[0]
-        host, port = self.url.rsplit("/", 1)[-1].rsplit(":", 1)
-        self.address = (host, int(port))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        super().__init__("examples.echo:app", "--no-compression", *flags)
 
 
 async def scrape(address: tuple[str, int], path: str) -> int:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastws._limits import MessageGate, TokenBucket
 from fastws.guards.caps import ConnectionCaps
 from fastws.guards.firewall import Firewall, Rule
 from fastws.guards.ip import TrustedProxies, rate_key
 from fastws.guards.origin import OriginGuard
-from fastws._limits import MessageGate, TokenBucket
 from fastws.guards.ratelimit import (
     ConnectionRateLimiter,
     LimitedListener,

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastws._limits import BucketTable, MessageGate, TokenBucket, monotonic
 from fastws.connection import Listener
-from fastws.exceptions import ConnectionClosedError, HandshakeError
+from fastws.exceptions import HandshakeError
 from fastws.metrics import recorder
 
 __all__ = ["RateLimit", "ConnectionRateLimiter", "MessageLimits", "LimitedListener"]
