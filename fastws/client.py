@@ -11,19 +11,82 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl as _ssl
 from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastws._protocol import Connection, Endpoint
+from fastws._protocol import Connection, Endpoint, attach_socket
 from fastws.exceptions import ConnectionClosed, InvalidHandshake
 from fastws.handshake import ClientHandshake, CompressionOptions
 from fastws.server import compression_options
 
-__all__ = ["connect", "parse_url"]
+__all__ = ["connect", "parse_url", "open_connection"]
 
 logger = logging.getLogger("fastws.client")
+
+
+async def open_connection(endpoint: Endpoint, host: str, port: int, handshake: ClientHandshake, *,
+                          listener: Any = None, ssl: _ssl.SSLContext | None = None,
+                          server_hostname: str | None = None,
+                          addresses: Sequence[tuple[Any, ...]] | None = None) -> Connection:
+    """Dial ``host:port`` and run the opening handshake; returns the open client Connection.
+
+    Plain TCP runs on fastws' own socket transport (C-level ``recv``/``send``, no Python call per
+    read), like the server's connections; TLS runs on the event loop's transport. Every address
+    ``host`` resolves to is tried in turn (``addresses``: ``getaddrinfo`` results to use instead).
+    On any failure, or when the caller's timeout cancels it, nothing is left open.
+
+    Raises:
+        OSError: no address accepted the TCP connection (the last error, or all of them).
+        InvalidHandshake: the server refused the upgrade or broke off the handshake.
+    """
+    loop = asyncio.get_running_loop()
+    opened: asyncio.Future[Connection] = loop.create_future()
+
+    def make() -> Connection:
+        return Connection(endpoint, client_handshake=handshake, open_waiter=opened, listener=listener)
+
+    transport: Any = None
+    try:
+        if ssl is not None:
+            transport, _ = await loop.create_connection(make, host, port, ssl=ssl,
+                                                        server_hostname=server_hostname or host)
+        else:
+            sock, peer = await _dial(loop, host, port, addresses)
+            conn = make()
+            attach_socket(endpoint, sock, peer, conn)
+            transport = conn.transport
+        return await opened
+    except BaseException:
+        if transport is not None:
+            transport.abort()
+        raise
+
+
+async def _dial(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                addresses: Sequence[tuple[Any, ...]] | None) -> tuple[socket.socket, Any]:
+    """A connected non-blocking TCP socket (TCP_NODELAY set) and its peer address."""
+    infos = addresses if addresses is not None else await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, _type, proto, _name, addr in infos:
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock, addr
+    if len(errors) == 1:
+        raise errors[0]
+    raise OSError(f"could not connect to {host}:{port}: " + "; ".join(str(e) for e in errors))
 
 
 def header_list(headers: Any) -> list[tuple[str, str]]:
@@ -119,7 +182,7 @@ class connect:
             ssl = _ssl.create_default_context()
         elif not self.secure and ssl:
             raise ValueError("ssl= given for a ws:// URL")
-        self.ssl = ssl or None
+        self.ssl: _ssl.SSLContext | None = ssl if isinstance(ssl, _ssl.SSLContext) else None
         self.server_hostname = server_hostname
         self.user_agent = user_agent
         self.reconnect = reconnect
@@ -148,27 +211,13 @@ class connect:
         )
         hs = ClientHandshake(self.host_header, self.target, self.subprotocols, self.compression, self.headers,
                              self.max_header_size, self.user_agent)
-        opened: asyncio.Future[Connection] = loop.create_future()
-        transport = None
         try:
             async with _timeout(self.open_timeout):
-                kw: dict[str, Any] = {}
-                if self.ssl is not None:
-                    kw["ssl"] = self.ssl
-                    kw["server_hostname"] = self.server_hostname or self.host
-                transport, conn = await loop.create_connection(
-                    lambda: Connection(endpoint, client_handshake=hs, open_waiter=opened, listener=self.listener),
-                    self.host, self.port, **kw)
-                await opened
+                conn = await open_connection(endpoint, self.host, self.port, hs, listener=self.listener,
+                                             ssl=self.ssl, server_hostname=self.server_hostname)
         except asyncio.TimeoutError:
-            if transport is not None:
-                transport.abort()
             raise InvalidHandshake(f"timed out opening {self.url}") from None
-        except BaseException:
-            if transport is not None:
-                transport.abort()
-            raise
-        return conn  # type: ignore[no-any-return,unused-ignore]
+        return conn
 
     def __await__(self) -> Generator[Any, None, Connection]:
         return self._connect().__await__()

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from fastws import handshake as _hs
 from fastws._protocol import Connection, Endpoint
-from fastws.client import header_list, parse_url
+from fastws.client import header_list, open_connection, parse_url
 from fastws.connection import Listener, Message
 from fastws.exceptions import ConnectionClosed, FastWSError, HandshakeError, InvalidHandshake
 from fastws.handshake import ClientHandshake, Request
@@ -335,34 +335,20 @@ class Proxy:
                    if p.strip()]
         hs = ClientHandshake(self._host_header, self.backend_target(request), offered, self.compression,
                              self.backend_headers(request), self.max_header_size, None)
-        opened: asyncio.Future[Any] = loop.create_future()
         endpoint = self._endpoint(loop)
         listener = _BackendSide(relay)
-        transport: Any = None
         try:
             async with asyncio.timeout(self.open_timeout) if hasattr(asyncio, "timeout") else _Timeout(
                     self.open_timeout):
-                kw: dict[str, Any] = {}
-                if self.ssl is not None:
-                    kw["ssl"] = self.ssl
-                    kw["server_hostname"] = self._host
-                transport, backend = await loop.create_connection(
-                    lambda: Connection(endpoint, client_handshake=hs, open_waiter=opened, listener=listener),
-                    self._host, self._port, **kw)
-                await opened
+                backend = await open_connection(endpoint, self._host, self._port, hs, listener=listener,
+                                                ssl=self.ssl)
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
-            if transport is not None:
-                transport.abort()
             status = getattr(exc, "status", 0)
             logger.warning("fastws: backend %s unavailable for %s: %s", self.backend_url, request.path,
                            exc or type(exc).__name__)
             if 400 <= status < 500:
                 raise HandshakeError(status, _phrase(status)) from None
             raise HandshakeError(502, "Bad Gateway") from None
-        except BaseException:
-            if transport is not None:
-                transport.abort()
-            raise
         relay.backend = backend
         if ws.closed:  # the client left while we dialled
             backend.abort()

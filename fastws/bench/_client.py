@@ -14,8 +14,8 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from fastws._protocol import Connection, Endpoint, attach_socket
-from fastws.client import parse_url
+from fastws._protocol import Connection, Endpoint
+from fastws.client import open_connection, parse_url
 from fastws.exceptions import InvalidHandshake
 from fastws.handshake import ClientHandshake, CompressionOptions
 
@@ -68,7 +68,7 @@ class ClientFactory:
     async def _resolve(self) -> tuple[Any, ...]:
         if self._addr is None:
             infos = await self.loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-            self._addr = infos[0][4]
+            self._addr = infos[0]  # resolved once for the whole run
         return self._addr
 
     async def open(self, listener: Any) -> Connection:
@@ -80,47 +80,13 @@ class ClientFactory:
         """
         hs = ClientHandshake(self.host_header, self.target, self.subprotocols, self.compression, self.headers,
                              16384, "fastws-bench")
-        opened: asyncio.Future[Connection] = self.loop.create_future()
-        transport = None
-        kw: dict[str, Any] = {}
-        if self._ssl is not None:
-            kw = {"ssl": self._ssl, "server_hostname": self.host}
-            addr: tuple[Any, ...] = (self.host, self.port)
-        else:
-            addr = (await self._resolve())[:2]
-        endpoint = self.endpoint
+        addresses = None if self._ssl is not None else [await self._resolve()]
         try:
-            async def go() -> Connection:
-                nonlocal transport
-                if self._ssl is None:
-                    # plain TCP: fastws' own socket transport (C-level recv/send, no Python call per read)
-                    family = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
-                    sock = socket.socket(family, socket.SOCK_STREAM)
-                    try:
-                        sock.setblocking(False)
-                        await self.loop.sock_connect(sock, addr)
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    except BaseException:
-                        sock.close()
-                        raise
-                    conn = Connection(endpoint, listener=listener, client_handshake=hs, open_waiter=opened)
-                    attach_socket(endpoint, sock, addr, conn)
-                    transport = conn.transport
-                    return await opened
-                transport, _ = await self.loop.create_connection(
-                    lambda: Connection(endpoint, listener=listener, client_handshake=hs, open_waiter=opened),
-                    addr[0], addr[1], **kw)
-                return await opened
-
-            return await asyncio.wait_for(go(), self.open_timeout)
+            return await asyncio.wait_for(
+                open_connection(self.endpoint, self.host, self.port, hs, listener=listener, ssl=self._ssl,
+                                addresses=addresses), self.open_timeout)
         except asyncio.TimeoutError:
-            if transport is not None:
-                transport.abort()
             raise InvalidHandshake(f"timed out opening {self.url}") from None
-        except BaseException:
-            if transport is not None:
-                transport.abort()
-            raise
 
     def stop(self) -> None:
         """Stop the shared endpoint's timers (after every connection is closed)."""

@@ -424,6 +424,36 @@ async def test_connection_refused_raises_oserror():
         await fastws.connect(f"ws://127.0.0.1:{closed_port()}/")
 
 
+async def test_every_resolved_address_is_tried_in_turn(serve):
+    """open_connection dials the addresses one after the other (``localhost`` may resolve to
+    ::1 first while the server listens on 127.0.0.1 only); all refused raises OSError."""
+    from fastws._protocol import Endpoint
+    from fastws.client import open_connection
+    from fastws.handshake import ClientHandshake
+    from tests.conftest import echo_handler
+
+    server = await serve(echo_handler)
+    host, port = server.address
+    dead = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", closed_port()))
+    live = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))
+    loop = asyncio.get_running_loop()
+
+    def handshake() -> ClientHandshake:
+        return ClientHandshake(f"{host}:{port}", "/", [], None, [], 16384, None)
+
+    endpoint = Endpoint(True, loop=loop)
+    ws = await open_connection(endpoint, host, port, handshake(), addresses=[dead, live])
+    try:
+        await ws.send("through the second address")
+        assert await asyncio.wait_for(ws.recv(), 5) == "through the second address"
+        assert type(ws.transport).__name__ == "SocketTransport"  # plain TCP: fastws' own transport
+    finally:
+        await ws.close()
+    with pytest.raises(OSError):
+        await open_connection(endpoint, host, port, handshake(), addresses=[dead, dead])
+    endpoint.stop()
+
+
 @pytest.mark.parametrize("response", [
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Accept: d3Jvbmc=\r\n\r\n",
