@@ -67,4 +67,4 @@ cdef class RuleSet:
     cdef list _rules
     cdef readonly int default
 
-    cpdef bint allows(self, str ip, str path, object headers)
+    cpdef bint allows(self, str ip, str path, dict headers)

@@ -1,6 +1,6 @@
 """Type stubs for the token buckets (fastws/_limits.pyx)."""
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 __all__ = ["TokenBucket", "BucketTable", "MessageGate", "CidrSet", "Globs", "RuleSet", "monotonic"]
 
@@ -58,4 +58,4 @@ class RuleSet:
     default: int
     def __init__(self, rules: Iterable[tuple[str, CidrSet | None, Sequence[str] | None, Sequence[tuple[str, str]]]],
                  default: str = "allow") -> None: ...
-    def allows(self, ip: str, path: str, headers: Mapping[str, list[str]]) -> bool: ...
+    def allows(self, ip: str, path: str, headers: dict[str, list[str]]) -> bool: ...

@@ -440,7 +440,7 @@ cdef class RuleSet:
             self._rules.append(r)
         self.default = 1 if default == "allow" else 0
 
-    cpdef bint allows(self, str ip, str path, object headers):
+    cpdef bint allows(self, str ip, str path, dict headers):
         """True when the first matching rule (else the default) allows the request. ``headers``
         maps lower-case names to lists of values (``fastws.Headers`` index)."""
         cdef Addr a

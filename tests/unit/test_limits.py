@@ -206,3 +206,10 @@ def test_rule_set_first_match_wins_and_default():
     assert rules.allows("198.51.100.1", "/", {})            # a header rule needs the header
     assert rules.allows("not an ip", "/", ua)               # IP rules never match garbage
     assert not RuleSet([], "deny").allows("127.0.0.1", "/", {})
+
+
+def test_rule_set_takes_the_headers_index_as_a_dict():
+    rules = RuleSet([("deny", None, None, [("x-bad", "*")])], "allow")
+    assert not rules.allows("127.0.0.1", "/", {"x-bad": ["1"]})
+    with pytest.raises(TypeError):
+        rules.allows("127.0.0.1", "/", [("x-bad", "1")])  # not an index: refused, not ignored
