@@ -62,8 +62,8 @@ async def open_idle(port: int, n: int, deflate: bool, deadline: float) -> list:
 def measure(n: int, deflate: bool) -> float:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c",
-                             "import sys; sys.path.insert(0, %r); import fastws; from examples.echo import app; "
-                             "fastws.run(app, '127.0.0.1', %d, compression=True)" % (ROOT, port)],
+                             f"import sys; sys.path.insert(0, {str(ROOT)!r}); import fastws; "
+                             f"from examples.echo import app; fastws.run(app, '127.0.0.1', {port}, compression=True)"],
                             cwd=ROOT)
     try:
         for _ in range(100):

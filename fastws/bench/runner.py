@@ -16,6 +16,7 @@ only measured (``len(msg)``), never copied.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 import time
@@ -24,8 +25,6 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import logging
 
 import orjson
 

@@ -33,7 +33,7 @@ async def _settle(cond, n=200):
 
 async def test_counts_connections_messages_and_close_codes(serve):
     server = await serve(echo)
-    for i in range(3):
+    for _ in range(3):
         async with fastws.connect(server.url) as c:
             for _ in range(4):
                 await c.send("x" * 10)
