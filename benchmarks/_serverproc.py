@@ -38,3 +38,14 @@ class ServerProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def setup_load_client() -> None:
+    """Pin this (load client) process to CPU 1 when there are two, and run it on uvloop if present."""
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass

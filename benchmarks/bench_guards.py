@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import Cython  # noqa: E402
 
 import fastws  # noqa: E402
-from benchmarks._serverproc import ServerProcess, cpu_seconds  # noqa: E402
+from benchmarks._serverproc import ServerProcess, cpu_seconds, setup_load_client  # noqa: E402
 
 
 class Server(ServerProcess):
@@ -103,13 +103,7 @@ def main() -> None:
     p.add_argument("--only", choices=["handshake", "message"], default=None)
     p.add_argument("--apps", default=None, help="comma-separated guard_apps names (handshakes only)")
     args = p.parse_args()
-    if os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(0, {1})
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    setup_load_client()
     print(f"fastws {fastws.__version__}, Python {platform.python_version()}, Cython {Cython.__version__}, "
           f"{os.cpu_count()} CPUs; {args.rounds} rounds x {args.duration:g} s, medians")
     cases = [("handshake", "off"), ("handshake", "on"), ("message", "off"), ("message", "on"),

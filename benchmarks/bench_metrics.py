@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fastws  # noqa: E402
-from benchmarks._serverproc import ServerProcess, cpu_seconds  # noqa: E402
+from benchmarks._serverproc import ServerProcess, cpu_seconds, setup_load_client  # noqa: E402
 
 PAYLOAD = b"x" * 16
 
@@ -156,13 +156,7 @@ def main() -> None:
 
         uvloop.run(engine(args.pairs, 256, args.blobs))
         return
-    if os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(0, {1})
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    setup_load_client()
     print(f"fastws {fastws.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs; "
           f"{args.rounds} rounds x {args.duration:g} s, medians")
     cases = list(CASES)
