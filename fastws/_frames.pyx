@@ -507,13 +507,19 @@ cdef void recycle_buffer(object obj):
 
 
 cdef PyObject* _pool_take(Py_ssize_t want):
-    """A pooled buffer (the smallest one >= want, else the largest), or NULL."""
+    """A pooled buffer (the smallest one >= want, else the largest), or NULL.
+
+    Among buffers of the same size the most recently recycled one wins: the
+    pool is a stack, so a steady stream of large messages keeps reusing the
+    one or two buffers still in the CPU cache instead of cycling through all
+    of them (64 x 256 KiB would not fit in L2, and every copy would miss)."""
     global _pool_n, _pool_bytes, _pool_used
     cdef int i, best = -1
     cdef Py_ssize_t size, best_size = 0
     if _pool_n == 0:
         return NULL
-    for i in range(_pool_n):
+    i = _pool_n - 1
+    while i >= 0:
         size = PyBytes_GET_SIZE(<object>_pool[i])
         if best < 0:
             best, best_size = i, size
@@ -521,9 +527,14 @@ cdef PyObject* _pool_take(Py_ssize_t want):
             best, best_size = i, size
         elif best_size < want and size > best_size:
             best, best_size = i, size
+        if best_size == want:
+            break
+        i -= 1
     cdef PyObject* p = _pool[best]
     _pool_n -= 1
-    _pool[best] = _pool[_pool_n]
+    for i in range(best, _pool_n):
+        _pool[i] = _pool[i + 1]
+    _pool[_pool_n] = NULL
     _pool_bytes -= best_size
     _pool_used = True
     fastws_bytes_forget_hash(p)

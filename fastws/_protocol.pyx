@@ -92,7 +92,7 @@ cdef enum:
 cdef enum:
     LARGE_SEND = 65536      # payloads at least this big are written without copying (writev)
     WRITE_SLICE = 262144    # largest single send of a big payload
-    SMALL_READ = 16384      # first read after a large message
+    READ_BURST = 8          # reads at most per readiness callback
 
 
 cdef inline double _now() noexcept nogil:
@@ -621,24 +621,34 @@ cdef class SocketTransport:
         cdef Connection conn = self._conn
         if self._closed or not self._reading:
             return
+        cdef int burst = 0
         try:
-            size = conn._read_target(&p)
             while True:
-                n = c_recv(self._fd, p, size, 0)
-                if n > 0:
-                    break
-                if n == 0:
+                size = conn._read_target(&p)
+                while True:
+                    n = c_recv(self._fd, p, size, 0)
+                    if n > 0:
+                        break
+                    if n == 0:
+                        conn._direct = False
+                        self._on_eof()
+                        return
+                    if errno == EINTR:
+                        continue
                     conn._direct = False
-                    self._on_eof()
+                    if FASTWS_WOULD_BLOCK(errno):
+                        return
+                    self._fatal(OSError(errno, os.strerror(errno)))
                     return
-                if errno == EINTR:
-                    continue
-                conn._direct = False
-                if FASTWS_WOULD_BLOCK(errno):
+                conn._on_read(n)
+                # A read that filled its target (a large message's header, then its
+                # payload) is likely followed by more bytes already queued: read them
+                # now, so a message that has fully arrived completes in this callback
+                # and its buffer is reused while still in the CPU cache. Bounded, so
+                # one busy peer cannot starve the others.
+                burst += 1
+                if n < size or burst >= READ_BURST or self._closed or not self._reading:
                     return
-                self._fatal(OSError(errno, os.strerror(errno)))
-                return
-            conn._on_read(n)
         except Exception as exc:  # a bug, not the peer's fault: report it, drop the connection
             logger.error("fastws: error while reading from %s", self._peername, exc_info=exc)
             self._finish(exc)
@@ -975,7 +985,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         int _state
         bint _corked
         bint _direct
-        bint _expect_large              # the last message was large: read the next header with a small read
+        int _expect_hdr                 # the last message was large: its header size, read alone next time
         bint _upgrade                   # the request asked for a WebSocket (counted as attempted)
         bint _counted_end               # counted as failed or closed already
         double _established_at
@@ -1281,11 +1291,14 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if p == NULL:
             raise MemoryError()
         out[0] = p
-        if self._expect_large:
-            # after a large message the next one is likely large too: a small first read
-            # gets its header, and the rest goes straight into its buffer (no scratch copy)
-            self._expect_large = False
-            return SMALL_READ
+        if self._expect_hdr:
+            # after a large message the next one is likely large too: the first read takes
+            # just its header, and the whole payload goes straight into its buffer (no
+            # scratch copy, and the kernel writes to the buffer's aligned start). A wrong
+            # guess costs nothing: a read that fills its target is followed by another.
+            size = self._expect_hdr
+            self._expect_hdr = 0
+            return size
         return FASTWS_SCRATCH_SIZE
 
     def get_buffer(self, Py_ssize_t sizehint):
@@ -1657,7 +1670,9 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef timespec ts
         cdef Stats* st = &self.endpoint._st
         parser.ev_obj = None
-        self._expect_large = parser.ev_len >= LARGE_SEND
+        if parser.ev_len >= LARGE_SEND:
+            # the header of a frame this big: 2 bytes, a 16- or 64-bit length, a client's mask
+            self._expect_hdr = (4 if parser.ev_len <= 65535 else 10) + (0 if self.endpoint.is_client else 4)
         st.msgs_in += 1
         st.bytes_in += parser.ev_len
         if self._auto_req is not None and parser.ev_opcode == 1 and parser.ev_len == PyBytes_GET_SIZE(self._auto_req) \
