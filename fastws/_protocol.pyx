@@ -622,6 +622,7 @@ cdef class SocketTransport:
         if self._closed or not self._reading:
             return
         cdef int burst = 0
+        cdef bint direct
         try:
             while True:
                 size = conn._read_target(&p)
@@ -640,6 +641,7 @@ cdef class SocketTransport:
                         return
                     self._fatal(OSError(errno, os.strerror(errno)))
                     return
+                direct = conn._direct
                 conn._on_read(n)
                 # A read that filled its target (a large message's header, then its
                 # payload) is likely followed by more bytes already queued: read them
@@ -649,6 +651,8 @@ cdef class SocketTransport:
                 burst += 1
                 if n < size or burst >= READ_BURST or self._closed or not self._reading:
                     return
+                if direct and conn._parser is not None and not conn._parser._in_payload:
+                    return  # that read ended a large frame: its sender most likely waits for us now
         except Exception as exc:  # a bug, not the peer's fault: report it, drop the connection
             logger.error("fastws: error while reading from %s", self._peername, exc_info=exc)
             self._finish(exc)
