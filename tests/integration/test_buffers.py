@@ -13,6 +13,7 @@ import websockets
 
 import fastws
 from fastws import _frames
+from tests.helpers import build_frame, raw_connect, read_http_response, upgrade_request
 
 
 @pytest.mark.parametrize("compression", [None, "deflate"])
@@ -58,3 +59,45 @@ async def test_reused_buffer_gets_a_fresh_hash(serve):
     for (h, head), p in zip(seen, payloads, strict=True):
         assert h == hash(p) and head == p[:64]
     assert _frames.pool_size() >= 1  # the buffers did go back to the pool
+
+
+async def test_the_most_recently_freed_buffer_is_reused_first(serve):
+    """The pool is a stack: a steady stream of large messages keeps reusing the one buffer
+    still in the CPU cache, instead of cycling through every pooled buffer."""
+    ids: list[int] = []
+
+    class Ids(fastws.Listener):
+        def on_message(self, ws, msg):
+            ids.append(id(msg.bytes()))  # the pooled bytes object itself (no copy)
+            ws.send(b"ok")
+
+    server = await serve(Ids, max_size=4 << 20)
+    _frames.pool_trim(if_idle=False)
+    size = 200_000
+    key = os.urandom(4)
+    payload = os.urandom(size)
+    frame = build_frame(2, payload, key=key)
+    # five peers each send half a frame, so five message buffers are live at once
+    peers = []
+    for _ in range(5):
+        reader, writer = await raw_connect(server, upgrade_request())
+        status, _, _ = await read_http_response(reader)
+        assert status == 101
+        writer.write(frame[: size // 2])
+        await writer.drain()
+        peers.append((reader, writer))
+    await asyncio.sleep(0.3)
+    for reader, writer in peers:
+        writer.write(frame[size // 2:])
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"\x82\x02ok"
+    assert _frames.pool_size() >= 2, "the premise: several buffers wait in the pool"
+    ids.clear()
+    reader, writer = peers[-1]
+    for _ in range(10):
+        writer.write(frame)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"\x82\x02ok"
+    assert len(ids) == 10 and len(set(ids)) == 1, ids
+    for _, writer in peers:
+        writer.close()
