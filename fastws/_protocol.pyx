@@ -1675,8 +1675,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef Stats* st = &self.endpoint._st
         parser.ev_obj = None
         if parser.ev_len >= LARGE_SEND:
-            # the header of a frame this big: 2 bytes, a 16- or 64-bit length, a client's mask
-            self._expect_hdr = (4 if parser.ev_len <= 65535 else 10) + (0 if self.endpoint.is_client else 4)
+            # the header of a frame this big: 2 bytes, a 64-bit length, a client's mask
+            self._expect_hdr = 10 if self.endpoint.is_client else 14
         st.msgs_in += 1
         st.bytes_in += parser.ev_len
         if self._auto_req is not None and parser.ev_opcode == 1 and parser.ev_len == PyBytes_GET_SIZE(self._auto_req) \
