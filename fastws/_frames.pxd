@@ -112,7 +112,8 @@ cdef class FrameParser:
         public int ev_close_code
 
     cdef int next_event(self, uint8_t* data, Py_ssize_t n, Py_ssize_t* consumed) except -1
-    cdef uint8_t* direct_target(self, Py_ssize_t* size)
+    cdef bint direct_needs_room(self)
+    cdef uint8_t* direct_target(self, Py_ssize_t* size, Py_ssize_t avail)
     cdef int direct_written(self, Py_ssize_t n) except -1
     cdef void reset(self)
     # private

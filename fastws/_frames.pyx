@@ -944,8 +944,22 @@ cdef class FrameParser:
                 consumed[0] = pos
                 return ev
 
-    cdef uint8_t* direct_target(self, Py_ssize_t* size):
-        """Where the kernel may write the rest of a large payload, or NULL."""
+    cdef bint direct_needs_room(self):
+        """True when the next direct read would have to allocate or grow the message buffer
+        (and no pooled buffer is at hand): the caller may then say how many bytes wait."""
+        if not self._in_payload or self._opcode >= 8 or self._failed or self._flen - self._fpos < DIRECT_MIN:
+            return False
+        if self._msg_compressed:
+            return self._zbuf == NULL or <uint64_t>(self._zbuf_cap - <Py_ssize_t>self._fpos) < self._flen - self._fpos
+        if self._buf == NULL:
+            return _pool_n == 0
+        return <uint64_t>(self._buf_cap - self._buf_len - <Py_ssize_t>self._fpos) < self._flen - self._fpos
+
+    cdef uint8_t* direct_target(self, Py_ssize_t* size, Py_ssize_t avail):
+        """Where the kernel may write the rest of a large payload, or NULL.
+
+        ``avail`` is how many bytes are known to wait in the socket (0: unknown): the
+        buffer then grows to hold them at once, else it doubles with what has arrived."""
         cdef uint64_t remaining
         if not self._in_payload or self._opcode >= 8 or self._failed:
             return NULL
@@ -955,6 +969,8 @@ cdef class FrameParser:
             return NULL
         filled = <Py_ssize_t>self._fpos if self._msg_compressed else self._buf_len + <Py_ssize_t>self._fpos
         want = filled if filled > DIRECT_MIN * 4 else DIRECT_MIN * 4
+        if avail > want:
+            want = avail
         if <uint64_t>want > remaining:
             want = <Py_ssize_t>remaining
         try:

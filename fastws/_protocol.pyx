@@ -556,6 +556,19 @@ cdef extern from *:
     int FASTWS_SEND_FLAGS
     bint FASTWS_WOULD_BLOCK(int e)
 
+cdef extern from *:
+    """
+    #include <sys/ioctl.h>
+    /* Bytes waiting in a socket's receive queue (0 when unknown). */
+    static Py_ssize_t fastws_queued(int fd) {
+        int n = 0;
+        if (ioctl(fd, FIONREAD, &n) < 0 || n < 0)
+            return 0;
+        return (Py_ssize_t)n;
+    }
+    """
+    Py_ssize_t fastws_queued(int fd) nogil
+
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 
@@ -999,6 +1012,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         object _gate_over               #: callable(ws) -> bool: a message is over the limit; True delivers it
         bint _write_copies              # the transport copies what it cannot send at once (aiofastnet)
         SocketTransport _sock           # our own socket transport (C-level writes), or None
+        object _kept                    # the last large bytes payload queued for the application
+        object _kept_prev               # the one before it
         object _hs                      #: ServerHandshake / ClientHandshake during the handshake
         readonly object request         #: handshake.Request (server side)
         readonly object response_headers  #: handshake.Headers (client side)
@@ -1282,10 +1297,15 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     cdef Py_ssize_t _read_target(self, uint8_t** out) except -1:
         """Where the next read goes: a large payload's own buffer, else the scratch buffer."""
-        cdef Py_ssize_t size = 0
+        cdef Py_ssize_t size = 0, avail
         cdef uint8_t* p = NULL
         if (self._state == OPEN or self._state == CLOSING) and not self._input_closed and self._parser is not None:
-            p = self._parser.direct_target(&size)
+            avail = 0
+            if self._sock is not None and self._parser.direct_needs_room():
+                # the buffer must grow: size it for what already waits in the socket, so a
+                # large message that has arrived whole takes one read and no reallocation
+                avail = fastws_queued(self._sock._fd)
+            p = self._parser.direct_target(&size, avail)
         if p != NULL:
             self._direct = True
             out[0] = p
@@ -1369,6 +1389,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self.endpoint._unregister(self)
         if self._parser is not None:
             self._parser.reset()
+        if self._kept is not None or self._kept_prev is not None:
+            self._release_kept(True)
         if self._open_waiter is not None and not self._open_waiter.done():
             if isinstance(exc, BaseException):
                 self._open_waiter.set_exception(exc)
@@ -1714,8 +1736,11 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             return 0
         if parser.ev_opcode == 1:
             item = PyUnicode_DecodeUTF8(<char*>parser.ev_ptr, parser.ev_len, NULL)
+            if owner is not None and Py_REFCNT(owner) == 1:
+                recycle_buffer(owner)  # decoded: its buffer can take the next message
         elif owner is not None and PyBytes_CheckExact(owner):
             item = owner
+            self._keep(owner)
         else:
             item = PyBytes_FromStringAndSize(<char*>parser.ev_ptr, parser.ev_len)
         self._enqueue(item)
@@ -1750,6 +1775,31 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         self._queue.append(item)
         if len(self._queue) >= self.endpoint.max_queue:
             self._block_reading(READ_QUEUE, True)
+
+    cdef void _keep(self, object buf):
+        """Remember the large payloads queued for the application, two deep.
+
+        By the time a third one comes, the application has usually dropped the oldest
+        (``async for message in ws`` rebinds ``message`` to the next one): if nothing but
+        this slot holds it, it goes back to the buffer pool, and a later message is read
+        into memory that is mapped and in the CPU cache instead of fresh from malloc."""
+        cdef object old = self._kept_prev
+        self._kept_prev = self._kept
+        self._kept = buf
+        if old is not None and Py_REFCNT(old) == 1:
+            recycle_buffer(old)
+
+    cdef void _release_kept(self, bint all):
+        """Give back the kept payloads nobody else holds any more (``all``: the newest too)."""
+        cdef object old = self._kept_prev
+        self._kept_prev = None
+        if old is not None and Py_REFCNT(old) == 1:
+            recycle_buffer(old)
+        if all:
+            old = self._kept
+            self._kept = None
+            if old is not None and Py_REFCNT(old) == 1:
+                recycle_buffer(old)
 
     cdef void _wake_waiter(self):
         """No more messages will come: fail the pending recv()/__anext__."""
@@ -1960,6 +2010,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef Endpoint ep = self.endpoint
         if self._state == CLOSED or self.transport is None:
             return 0
+        if self._kept is not None and now - self._last_recv >= 1.0:
+            self._release_kept(True)  # quiet for a while: do not pin the last large payload
         if self._state == HANDSHAKE:
             if self._deadline and now >= self._deadline:
                 logger.debug("fastws: handshake timeout %s", self.remote_address)
@@ -2266,6 +2318,8 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
                 self.endpoint._latency(_now() - self._handed_at)
             self._handed_at = 0
         self._handed = False
+        if self._kept_prev is not None:
+            self._release_kept(False)  # the one before the last is done with: reuse it early
         fut = self._loop.create_future()
         if self._queue:
             item = self._queue.popleft()

@@ -101,3 +101,36 @@ async def test_the_most_recently_freed_buffer_is_reused_first(serve):
     assert len(ids) == 10 and len(set(ids)) == 1, ids
     for _, writer in peers:
         writer.close()
+
+
+async def test_handler_messages_are_reused_only_once_dropped(serve):
+    """With ``async for``, a large payload the handler dropped is reused for a later message;
+    one it kept (in a list, behind a memoryview) never is, and reads back unchanged."""
+    kept: list[tuple[object, bytes]] = []
+
+    async def handler(ws):
+        i = 0
+        async for message in ws:
+            if i % 4 == 0:
+                kept.append((message, hashlib.sha256(message).digest()))
+            elif i % 4 == 1:
+                kept.append((memoryview(message), hashlib.sha256(message).digest()))
+            await ws.send(message)
+            i += 1
+
+    server = await serve(handler, max_size=4 << 20)
+    _frames.pool_trim(if_idle=False)
+    async with websockets.connect(server.url, max_size=None, compression=None) as ws:
+        for i in range(40):
+            payload = os.urandom(100_000 + 512 * (i % 3))
+            await ws.send(payload)
+            assert await asyncio.wait_for(ws.recv(), 10) == payload, i
+    assert len(kept) == 20
+    for obj, digest in kept:
+        assert hashlib.sha256(obj).digest() == digest
+    # the payloads the handler dropped went back to the buffer pool (none did before)
+    for _ in range(500):
+        if _frames.pool_size():
+            break
+        await asyncio.sleep(0.01)
+    assert _frames.pool_size() >= 1
