@@ -572,6 +572,13 @@ cdef extern from *:
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 
+cdef inline void _recycle_unheld(object buf):
+    """Pool ``buf`` when the caller's reference is the only one left (else just let it go).
+    The argument is borrowed (a cdef function does not take a reference of its own)."""
+    if buf is not None and Py_REFCNT(buf) == 1:
+        recycle_buffer(buf)
+
+
 @cython.final
 cdef class SocketTransport:
     """An asyncio-compatible transport over a non-blocking TCP socket, driven by
@@ -1786,20 +1793,17 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         cdef object old = self._kept_prev
         self._kept_prev = self._kept
         self._kept = buf
-        if old is not None and Py_REFCNT(old) == 1:
-            recycle_buffer(old)
+        _recycle_unheld(old)
 
     cdef void _release_kept(self, bint all):
         """Give back the kept payloads nobody else holds any more (``all``: the newest too)."""
         cdef object old = self._kept_prev
         self._kept_prev = None
-        if old is not None and Py_REFCNT(old) == 1:
-            recycle_buffer(old)
+        _recycle_unheld(old)
         if all:
             old = self._kept
             self._kept = None
-            if old is not None and Py_REFCNT(old) == 1:
-                recycle_buffer(old)
+            _recycle_unheld(old)
 
     cdef void _wake_waiter(self):
         """No more messages will come: fail the pending recv()/__anext__."""

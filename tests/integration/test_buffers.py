@@ -16,6 +16,15 @@ from fastws import _frames
 from tests.helpers import build_frame, raw_connect, read_http_response, upgrade_request
 
 
+async def _echo_round_trips(url: str, sizes: list[int], compression: str | None = None) -> None:
+    """Send random payloads of these sizes one at a time; each must come back unchanged."""
+    async with websockets.connect(url, max_size=None, compression=compression) as ws:
+        for i, size in enumerate(sizes):
+            payload = os.urandom(size)
+            await ws.send(payload)
+            assert await asyncio.wait_for(ws.recv(), 10) == payload, i
+
+
 @pytest.mark.parametrize("compression", [None, "deflate"])
 async def test_kept_messages_stay_intact_while_buffers_are_reused(serve, compression):
     kept: list[tuple[bytes, bytes, int]] = []
@@ -30,11 +39,7 @@ async def test_kept_messages_stay_intact_while_buffers_are_reused(serve, compres
             ws.send(msg)
 
     server = await serve(Keep, compression=compression is not None, max_size=4 << 20)
-    async with websockets.connect(server.url, max_size=None, compression=compression) as ws:
-        for i in range(24):
-            payload = os.urandom(70_000 + 4_096 * (i % 5))
-            await ws.send(payload)
-            assert await asyncio.wait_for(ws.recv(), 10) == payload, i
+    await _echo_round_trips(server.url, [70_000 + 4_096 * (i % 5) for i in range(24)], compression)
     assert len(kept) == 3
     for data, digest, h in kept:
         assert hashlib.sha256(data).digest() == digest
@@ -120,11 +125,7 @@ async def test_handler_messages_are_reused_only_once_dropped(serve):
 
     server = await serve(handler, max_size=4 << 20)
     _frames.pool_trim(if_idle=False)
-    async with websockets.connect(server.url, max_size=None, compression=None) as ws:
-        for i in range(40):
-            payload = os.urandom(100_000 + 512 * (i % 3))
-            await ws.send(payload)
-            assert await asyncio.wait_for(ws.recv(), 10) == payload, i
+    await _echo_round_trips(server.url, [100_000 + 512 * (i % 3) for i in range(40)])
     assert len(kept) == 20
     for obj, digest in kept:
         assert hashlib.sha256(obj).digest() == digest
