@@ -135,3 +135,38 @@ async def test_handler_messages_are_reused_only_once_dropped(serve):
             break
         await asyncio.sleep(0.01)
     assert _frames.pool_size() >= 1
+
+
+async def test_a_quiet_connection_stops_pinning_its_last_payload(serve):
+    """The last large payload a handler received stays with its connection (the handler may
+    still hold it) until the connection has been quiet for about a second; then, once the
+    handler has dropped it, it goes back to the buffer pool while the connection stays open."""
+    dropped = asyncio.Event()
+    done = asyncio.Event()
+
+    async def handler(ws):
+        message = await ws.recv()
+        await ws.send(message)
+        del message
+        dropped.set()
+        await done.wait()  # stay open and quiet
+
+    server = await serve(handler, max_size=4 << 20)
+    # The server frees idle pooled buffers when the monotonic clock crosses a multiple of 10 s;
+    # start early in such a period so that the release (1-2 s from now) is seen before a trim.
+    loop = asyncio.get_running_loop()
+    while not 0.2 <= loop.time() % 10 < 6.0:
+        await asyncio.sleep(0.05)
+    _frames.pool_trim(if_idle=False)
+    payload = os.urandom(200_000)
+    async with websockets.connect(server.url, max_size=None, compression=None) as ws:
+        await ws.send(payload)
+        assert await asyncio.wait_for(ws.recv(), 10) == payload
+        await asyncio.wait_for(dropped.wait(), 10)
+        assert _frames.pool_size() == 0  # not yet: the connection keeps it for a while
+        for _ in range(400):
+            if _frames.pool_size():
+                break
+            await asyncio.sleep(0.01)
+        assert _frames.pool_size() == 1
+        done.set()
