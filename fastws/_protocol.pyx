@@ -1743,8 +1743,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
             return 0
         if parser.ev_opcode == 1:
             item = PyUnicode_DecodeUTF8(<char*>parser.ev_ptr, parser.ev_len, NULL)
-            if owner is not None and Py_REFCNT(owner) == 1:
-                recycle_buffer(owner)  # decoded: its buffer can take the next message
+            _recycle_unheld(owner)  # decoded: its buffer can take the next message
         elif owner is not None and PyBytes_CheckExact(owner):
             item = owner
             self._keep(owner)
