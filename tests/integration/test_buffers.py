@@ -13,6 +13,7 @@ import websockets
 
 import fastws
 from fastws import _frames
+from tests.conftest import echo_handler
 from tests.helpers import build_frame, raw_connect, read_http_response, upgrade_request
 
 
@@ -170,3 +171,16 @@ async def test_a_quiet_connection_stops_pinning_its_last_payload(serve):
             await asyncio.sleep(0.01)
         assert _frames.pool_size() == 1
         done.set()
+
+
+async def test_large_text_buffers_go_back_to_the_pool_once_decoded(serve):
+    """A large TEXT message reaches ``async for`` as a str: its bytes buffer is free as soon
+    as it has been decoded, and the next large message can be read into it."""
+    server = await serve(echo_handler, max_size=4 << 20)
+    _frames.pool_trim(if_idle=False)
+    async with websockets.connect(server.url, max_size=None, compression=None) as ws:
+        for i in range(6):
+            text = f"{i}" * 200_000
+            await ws.send(text)
+            assert await asyncio.wait_for(ws.recv(), 10) == text
+        assert _frames.pool_size() >= 1
