@@ -27,6 +27,7 @@ from fastws.server import Accept, Server, run, serve
 from fastws.app import App  # noqa: E402  (after server: it builds on Accept)
 from fastws.guards import Firewall, Guards, RateLimit, Rule  # noqa: E402
 from fastws.rooms import Room, RoomRouter  # noqa: E402  (after server: rooms build on it)
+from fastws.cluster import Cluster  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "App",
     "BufferFull",
     "CloseCode",
+    "Cluster",
     "CompressionOptions",
     "Connection",
     "ConnectionClosed",

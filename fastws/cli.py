@@ -183,6 +183,11 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
                    help="processes sharing the port with SO_REUSEPORT, each on its own event loop (default 1)")
     s.add_argument("--data-dir", default=None,
                    help="directory for the app's data (rooms' databases); exported as FASTWS_DATA_DIR")
+    s.add_argument("--redis", default=None, metavar="URL",
+                   help="run the rooms as one cluster with every process naming this Redis "
+                        "(redis://host:port/db); exported as FASTWS_REDIS_URL")
+    s.add_argument("--lease-ttl", type=float, default=None, metavar="S",
+                   help="cluster: seconds a room owner's lease lasts unrenewed (default 3)")
     s.add_argument("--max-size", type=int, default=None, help="largest message in bytes")
     s.add_argument("--no-compression", action="store_true", help="do not negotiate permessage-deflate")
     s.add_argument("--ping-interval", type=float, default=None, help="keepalive ping after N s of silence (0: off)")
@@ -277,6 +282,14 @@ def resolve_serve_config(args: argparse.Namespace) -> None:
     args.ssl_keyfile = args.ssl_keyfile or keyfile
     args.server_config = server_cfg
     args.guard_config = dict(config.guards) if config is not None else {}
+    cluster_cfg = dict(config.cluster) if config is not None else {}
+    args.redis = args.redis or cluster_cfg.get("redis")
+    if args.lease_ttl is None:
+        args.lease_ttl = cluster_cfg.get("lease_ttl")
+    if args.lease_ttl is not None and args.lease_ttl < 0.3:
+        raise CLIError("--lease-ttl must be at least 0.3 s")
+    if cluster_cfg.get("prefix"):
+        os.environ["FASTWS_CLUSTER_PREFIX"] = cluster_cfg["prefix"]
 
 
 def _guard_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -415,9 +428,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     resolve_serve_config(args)
     if args.data_dir is not None:
         prepare_data_dir(args.data_dir)
+    if args.redis:
+        os.environ["FASTWS_REDIS_URL"] = args.redis
+    if args.lease_ttl is not None:
+        os.environ["FASTWS_LEASE_TTL"] = str(args.lease_ttl)
     if args.workers == 1:
         return serve_one(args)
+    if not os.environ.get("FASTWS_REDIS_URL") and _serves_rooms(load_app(args.app, args.app_dir)):
+        raise CLIError(f"--workers {args.workers} with rooms needs --redis URL: each worker would hold its own "
+                       "copy of every room")
     return Supervisor(args).run()
+
+
+def _serves_rooms(app: Any) -> bool:
+    """True when ``app`` is a room router or an App with one mounted (seen through guards)."""
+    from fastws.rooms import RoomRouter
+
+    seen = 0
+    while app is not None and seen < 8:
+        seen += 1
+        if isinstance(app, RoomRouter):
+            return True
+        mounted = getattr(app, "_mounted", None)
+        if mounted and any(_serves_rooms(t) for t in mounted):
+            return True
+        app = getattr(app, "app", None)
+    return False
 
 
 class Supervisor:

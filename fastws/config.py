@@ -23,6 +23,10 @@ Example::
     queue_size = 10
     queue_timeout = 5.0
 
+    [cluster]                           # rooms shared by every process naming this Redis
+    redis = "redis://127.0.0.1:6379/0"
+    lease_ttl = 3.0
+
     [guards.firewall]
     default = "allow"
     [[guards.firewall.rules]]
@@ -62,11 +66,13 @@ class Config:
         server: server options (``fastws.serve`` keywords) and ``host``, ``port``,
             ``ssl_certfile``, ``ssl_keyfile``.
         guards: guard settings (:class:`fastws.Guards` keywords).
+        cluster: ``redis`` (URL), ``lease_ttl`` (seconds), ``prefix`` (of keys and channels).
     """
 
     app: str | None = None
     server: dict[str, Any] = field(default_factory=dict)
     guards: dict[str, Any] = field(default_factory=dict)
+    cluster: dict[str, Any] = field(default_factory=dict)
 
 
 def _is_int(v: Any) -> bool:
@@ -131,6 +137,12 @@ GUARD_KEYS: dict[str, _Check] = {
     "queue_timeout": (lambda v: _is_num(v) and v >= 0, "a number of seconds"),
     "max_buckets": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
+CLUSTER_KEYS: dict[str, _Check] = {
+    "redis": (lambda v: isinstance(v, str) and v.split("://", 1)[0] in ("redis", "rediss", "unix"),
+              "a Redis URL (redis://host:port/db)"),
+    "lease_ttl": (lambda v: _is_num(v) and v >= 0.3, "a number of seconds (at least 0.3)"),
+    "prefix": (lambda v: isinstance(v, str) and v != "" and "{" not in v, "a non-empty string without braces"),
+}
 # server keys where 0 means "off" (None for fastws.serve)
 _ZERO_OFF = ("ping_interval", "ping_timeout", "idle_timeout")
 
@@ -162,12 +174,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             if not isinstance(value, str) or ":" not in value:
                 raise ConfigError(f"{source}: app must be a string like \"module:app\", got {value!r}")
             cfg.app = value
-        elif key in ("server", "guards"):
+        elif key in ("server", "guards", "cluster"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: [{key}] must be a table")
         else:
-            raise ConfigError(f"{source}: unknown key {key!r} (expected app, [server] or [guards])")
-    for section, keys, out in (("server", SERVER_KEYS, cfg.server), ("guards", GUARD_KEYS, cfg.guards)):
+            raise ConfigError(f"{source}: unknown key {key!r} (expected app, [server], [guards] or [cluster])")
+    for section, keys, out in (("server", SERVER_KEYS, cfg.server), ("guards", GUARD_KEYS, cfg.guards),
+                               ("cluster", CLUSTER_KEYS, cfg.cluster)):
         for key, value in data.get(section, {}).items():
             name = f"{section}.{key}"
             if key not in keys:

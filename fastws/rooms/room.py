@@ -178,10 +178,12 @@ class RoomSocket(Listener):
         if len(data) > MAX_ATTACHMENT:
             raise AttachmentTooLarge(f"socket attachment is {len(data)} bytes serialised; the limit is {MAX_ATTACHMENT}")
         self._att = data
+        self._slot.socket_changed(self)
 
     def set_tags(self, tags: Iterable[str]) -> None:
         """Replace the socket's tags (at most 10 strings)."""
         self.tags = _check_tags(tags)
+        self._slot.socket_changed(self)
 
     def send(self, message: Any) -> None:
         """Send a message: str as TEXT, bytes as BINARY, anything else as JSON TEXT. It leaves
@@ -337,6 +339,17 @@ class Room:
         """Messages dropped for slow consumers since the server started."""
         return self._slot.dropped
 
+    async def presence(self) -> dict[str, Any]:
+        """Who is in the room: ``{"total": N, "nodes": {node id: n}}``. In a cluster it counts the
+        members on every node (the owner knows them all); on one node the id is ``"local"``."""
+        slot = self._slot
+        nodes: dict[str, int] = {}
+        me = slot.node_id
+        for s in slot.sockets:
+            n = getattr(s, "node", None) or me
+            nodes[n] = nodes.get(n, 0) + 1
+        return {"total": len(slot.sockets), "nodes": nodes}
+
     def sockets(self, tag: str | None = None) -> list[RoomSocket]:
         """The open sockets, optionally only those with ``tag``."""
         socks = self._slot.sockets
@@ -425,6 +438,29 @@ class RoomSlot:
 
     def __repr__(self) -> str:
         return f"<RoomSlot {self.ns.room_class.__name__}:{self.name} awake={self.room is not None}>"
+
+    # ------------------------------------------------------------ hooks for a cluster slot
+
+    @property
+    def node_id(self) -> str:
+        """This node's id in a cluster (``"local"`` on one node)."""
+        return "local"
+
+    def _joined(self, sock: RoomSocket) -> None:
+        """A socket joined (its connect event runs)."""
+
+    def _left(self, sock: RoomSocket) -> None:
+        """A socket left (its close event runs)."""
+
+    def _done(self, ev: tuple[Any, ...]) -> None:
+        """An event finished (its hook returned or its coroutine ended)."""
+
+    def socket_changed(self, sock: RoomSocket) -> None:
+        """A socket's tags or attachment changed."""
+
+    async def drop(self) -> None:
+        """The slot leaves memory for good (no socket, no alarm, idle)."""
+        await self.evict()
 
     # ------------------------------------------------------------ storage and the output gate
 
@@ -627,7 +663,9 @@ class RoomSlot:
         coro = self._dispatch(ev)
         if coro is not None:
             self._start((coro, ev))
-        elif self.queue:
+            return
+        self._done(ev)
+        if self.queue:
             self._start(None)
         else:
             self.busy = False
@@ -654,6 +692,7 @@ class RoomSlot:
         try:
             if first is not None:
                 await self._await_hook(first[0], first[1])
+                self._done(first[1])
             while True:
                 if self.blockers:
                     b = self.blockers.pop(0)
@@ -681,6 +720,7 @@ class RoomSlot:
                 coro = self._dispatch(ev)
                 if coro is not None:
                     await self._await_hook(coro, ev)
+                self._done(ev)
         finally:
             self.busy = False
             self.task = None
@@ -735,10 +775,12 @@ class RoomSlot:
                     self.all_conns = None
                     if self.auto is not None:
                         self._engine_auto(sock)
+                    self._joined(sock)
                 r = room.on_connect(sock)
             elif kind == CLOSE:
                 self.sockets.pop(sock, None)
                 self.all_conns = None
+                self._left(sock)
                 r = room.on_close(sock, a, b, c)
             elif kind == REQUEST:
                 r = room.on_request(a)

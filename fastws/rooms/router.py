@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from fastws.cluster import Cluster, RoomUnavailable, cluster_from_env, decode_response
 from fastws.handshake import Request, Response
 from fastws.metrics import RoomInfo, recorder
 from fastws.rooms.room import ACCEPT, REQUEST, Room, RoomSlot, RoomSocket
@@ -35,7 +36,7 @@ logger = logging.getLogger("fastws.rooms")
 SWEEP_EVERY = 0.25  # seconds between hibernation / hook-timeout checks
 EMPTY_ROOM_TTL = 30.0  # a room with no socket, no alarm and no event for this long leaves memory
 
-_namespaces: dict[tuple[type, str], _Namespace] = {}
+_namespaces: dict[tuple[type, str, Any], _Namespace] = {}
 
 
 def _data_dir(explicit: str | None) -> str:
@@ -45,8 +46,12 @@ def _data_dir(explicit: str | None) -> str:
 class _Namespace:
     """The live rooms of one class (one data directory, one event loop)."""
 
-    def __init__(self, room_class: type[Room], data_dir: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, room_class: type[Room], data_dir: str, loop: asyncio.AbstractEventLoop,
+                 cluster: Cluster | None = None) -> None:
         self.room_class = room_class
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.register(self)
         self.data_dir = data_dir
         self.loop = loop
         self.slots: dict[str, RoomSlot] = {}
@@ -70,7 +75,12 @@ class _Namespace:
     def slot(self, name: str) -> RoomSlot:
         s = self.slots.get(name)
         if s is None:
-            s = self.slots[name] = RoomSlot(self, name)
+            if self.cluster is not None:
+                from fastws.rooms.cluster_slot import ClusterSlot
+
+                s = self.slots[name] = ClusterSlot(self, name)
+            else:
+                s = self.slots[name] = RoomSlot(self, name)
             s.last_event = self.loop.time()
         return s
 
@@ -97,7 +107,7 @@ class _Namespace:
             if not s.sockets and s.alarm_at is None and idle_for >= (min(hib, EMPTY_ROOM_TTL) if hib
                                                                       else EMPTY_ROOM_TTL):
                 del self.slots[name]
-                self._evict(s)
+                self._evict(s, drop=True)
             elif hib and s.room is not None and idle_for >= hib:
                 self._evict(s)
                 freed += 1
@@ -105,8 +115,8 @@ class _Namespace:
             _trim_memory()
         self._schedule_sweep()
 
-    def _evict(self, s: RoomSlot) -> None:
-        t = self.loop.create_task(s.evict())
+    def _evict(self, s: RoomSlot, drop: bool = False) -> None:
+        t = self.loop.create_task(s.drop() if drop else s.evict())
         self._evicting.add(t)
         t.add_done_callback(self._evicting.discard)
 
@@ -117,6 +127,8 @@ class _Namespace:
         if self._scanned:
             return
         self._scanned = True
+        if self.cluster is not None:
+            return  # a cluster's alarms live in Redis (the nodes' ticker finds the due ones)
         found = await self.loop.run_in_executor(None, _scan, os.path.join(self.data_dir, self.room_class.__name__))
         for name, at in found:
             s = self.slot(name)
@@ -133,6 +145,10 @@ class _Namespace:
         if self._evicting:
             await asyncio.gather(*self._evicting, return_exceptions=True)
         self.slots.clear()
+        if self.cluster is not None:
+            self.cluster.unregister(self)
+            if not self.cluster._namespaces:
+                await self.cluster.stop()
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -194,6 +210,9 @@ class RoomRouter:
             (a worker) with a name or :meth:`unique_id`.
         prefix: a path prefix stripped before naming the room (e.g. when mounted at ``/chat``).
         server_options: options ``fastws serve`` applies to the server.
+        cluster: a :class:`fastws.Cluster` (Redis) to share the rooms with every process that
+            names the same Redis: one live instance per room in the whole cluster. Default:
+            ``$FASTWS_REDIS_URL`` when set (``fastws serve --redis URL``), else one process.
 
     Routers of the same class and data directory share their rooms: there is one live instance
     per (class, name) in a server.
@@ -201,7 +220,7 @@ class RoomRouter:
 
     def __init__(self, room_class: type[Room], *, data_dir: str | None = None,
                  room_name: Callable[[Request], str] | None = None, prefix: str = "",
-                 server_options: dict[str, Any] | None = None) -> None:
+                 server_options: dict[str, Any] | None = None, cluster: Cluster | None = None) -> None:
         if not (isinstance(room_class, type) and issubclass(room_class, Room)):
             raise TypeError(f"RoomRouter needs a Room subclass, not {room_class!r}")
         self.room_class = room_class
@@ -212,6 +231,12 @@ class RoomRouter:
             self.server_options = server_options
         self._ns_ref: weakref.ref[_Namespace] | None = None
         self._custom_accept = room_class.accept is not Room.accept
+        self._cluster = cluster
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """The cluster the rooms live in (None: this process only)."""
+        return self._cluster if self._cluster is not None else cluster_from_env()
 
     # ------------------------------------------------------------ the registry
 
@@ -224,10 +249,11 @@ class RoomRouter:
         loop = asyncio.get_running_loop()
         if ns is not None and ns.loop is loop:
             return ns
-        key = (self.room_class, self.data_dir)
+        cluster = self.cluster
+        key = (self.room_class, self.data_dir, cluster)
         ns = _namespaces.get(key)
         if ns is None or ns.loop is not loop or loop.is_closed():
-            ns = _namespaces[key] = _Namespace(self.room_class, key[1], loop)
+            ns = _namespaces[key] = _Namespace(self.room_class, key[1], loop, cluster)
         self._ns_ref = weakref.ref(ns)
         return ns
 
@@ -253,16 +279,24 @@ class RoomRouter:
     # ------------------------------------------------------------ app protocol
 
     async def fastws_startup(self, server: Any = None) -> None:
-        """Schedule the alarms stored by earlier runs (the server calls this when it starts)."""
-        await self.namespace().scan_alarms()
+        """Schedule the alarms stored by earlier runs (the server calls this when it starts); in a
+        cluster, join it (a Redis that is down now is retried on each request: 503 until then)."""
+        ns = self.namespace()
+        await ns.scan_alarms()
+        if ns.cluster is not None:
+            try:
+                await ns.cluster.start()
+            except RoomUnavailable as exc:
+                logger.error("fastws.cluster: %s; rooms answer 503 until Redis is reachable", exc)
 
     async def fastws_shutdown(self, server: Any = None) -> None:
         """Commit what is pending and close every room's database."""
         ns = self._ns_ref() if self._ns_ref is not None else None
         if ns is not None:
             await ns.shutdown()
-            if _namespaces.get((ns.room_class, ns.data_dir)) is ns:
-                del _namespaces[(ns.room_class, ns.data_dir)]
+            key = (ns.room_class, ns.data_dir, ns.cluster)
+            if _namespaces.get(key) is ns:
+                del _namespaces[key]
 
     def room_name(self, request: Request) -> str:
         if self._room_name is not None:
@@ -290,6 +324,8 @@ class RoomRouter:
             ns._evicting.add(t)
             t.add_done_callback(ns._evicting.discard)
         slot = ns.slot(name)
+        if ns.cluster is not None:
+            return self._cluster_forward(slot, ws, request)
         if not request.is_websocket:
             return self._http(slot, ws, request)
         st = slot.storage
@@ -349,6 +385,41 @@ class RoomRouter:
         except Exception:
             return Response(500, "Internal Server Error\n")
         return _to_response(result)
+
+
+    async def _cluster_forward(self, slot: Any, ws: Any, request: Request) -> Any:
+        cluster = slot.cluster
+        try:
+            owner = await cluster.ensure(slot)
+        except RoomUnavailable as exc:
+            logger.debug("fastws.cluster: room %r unavailable: %s", slot.name, exc)
+            return Response(503, "Room unavailable\n")
+        if owner:
+            if not request.is_websocket:
+                return await self._http(slot, ws, request)
+            return await self._accept_inner(slot, request)
+        try:
+            if not request.is_websocket:
+                doc = await cluster.request(slot, "R", request)
+                return decode_response(doc["r"])
+            sock = RoomSocket(slot)
+            if self._custom_accept:
+                doc = await cluster.request(slot, "A", request, sock.id)
+                if "r" in doc:
+                    return decode_response(doc["r"])
+                acc = doc.get("acc") or {}
+                if "tags" in acc:
+                    sock.set_tags(acc["tags"])
+                if "attachment" in acc:
+                    sock.attachment = acc["attachment"]
+        except asyncio.TimeoutError:
+            return Response(504, "Room did not answer\n")
+        except RoomUnavailable:
+            return Response(503, "Room unavailable\n")
+        except (TypeError, ValueError) as exc:
+            logger.error("fastws.rooms: room %r: accept() returned a bad socket record: %s", slot.name, exc)
+            return Response(500, "Internal Server Error\n")
+        return Accept(listener=sock)
 
 
 async def _scan_later(ns: _Namespace) -> None:
