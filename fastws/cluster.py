@@ -225,6 +225,7 @@ class Cluster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started: asyncio.Future[None] | None = None
         self._r: Any = None       # commands (pool)
+        self._w: Any = None       # the writer's connection (flushes, member events)
         self._rx: Any = None      # the blocking XREAD connection
         self._ps: Any = None      # pub/sub
         self._sha: dict[str, str] = {}
@@ -242,6 +243,7 @@ class Cluster:
         self._last_ok = 0.0
         self._heartbeat_ok = False
         self._closing = False
+        self._writer_stale = False  # Redis failed since the writer's last pipeline: reconnect first
 
     # ------------------------------------------------------------ names
 
@@ -286,7 +288,7 @@ class Cluster:
         loop = asyncio.get_running_loop()
         if self._started is not None and self._loop is not loop:  # a new loop (the old one is gone)
             self._started = None
-            self._r = self._rx = self._ps = None
+            self._r = self._rx = self._ps = self._w = None
             self._tasks = []
             self.owned.clear()
             self.members.clear()
@@ -315,8 +317,19 @@ class Cluster:
             import redis.asyncio as aioredis
         except ImportError:  # pragma: no cover - a dependency
             raise ImportError("fastws.Cluster requires redis-py: pip install 'redis[hiredis]'") from None
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         timeout = max(1.0, self.lease_ttl / 2)
+        # reads and idempotent commands retry once on a fresh connection (a Redis restart leaves
+        # the pooled ones dead); the writer's flushes never retry (a publish must not go twice)
         self._r = aioredis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                          health_check_interval=0,
+                                          retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+                                          retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        self._w = aioredis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                           health_check_interval=0)
         self._rx = aioredis.Redis.from_url(self.url, socket_timeout=None, socket_connect_timeout=timeout,
                                            single_connection_client=True)
@@ -339,6 +352,16 @@ class Cluster:
     async def _load_scripts(self) -> None:
         for name, src in _SCRIPTS.items():
             self._sha[name] = await self._r.script_load(src)
+
+    async def _script(self, name: str, numkeys: int, *args: Any) -> Any:
+        """EVALSHA, loading the scripts again when Redis lost them (it restarted)."""
+        try:
+            return await self._r.evalsha(self._sha[name], numkeys, *args)
+        except Exception as exc:
+            if not _is_noscript(exc):
+                raise
+        await self._load_scripts()
+        return await self._r.evalsha(self._sha[name], numkeys, *args)
 
     async def stop(self) -> None:
         """Release this node's leases and stop its tasks."""
@@ -365,7 +388,7 @@ class Cluster:
         self._subscribed.clear()
 
     async def _close_clients(self) -> None:
-        for attr in ("_ps", "_rx", "_r"):
+        for attr in ("_ps", "_rx", "_w", "_r"):
             c = getattr(self, attr)
             setattr(self, attr, None)
             if c is not None:
@@ -384,6 +407,7 @@ class Cluster:
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
+        self._writer_stale = True
         if self.down_since is None:
             self.down_since = now
             logger.error("fastws.cluster: Redis unreachable (%s); rooms answer 503 until it is back", exc)
@@ -413,16 +437,8 @@ class Cluster:
             return await self.ensure(slot) if slot.role not in ("owner", "member") else slot.role == "owner"
         fut = slot.ensuring = asyncio.get_running_loop().create_future()
         try:
-            try:
-                won, value = await self._r.evalsha(self._sha["acquire"], 2, slot.key("lease"), slot.key("fence"),
-                                                   self.node_id, self.ttl_ms)
-            except Exception as exc:
-                if "NOSCRIPT" in str(exc):
-                    await self._load_scripts()
-                    won, value = await self._r.evalsha(self._sha["acquire"], 2, slot.key("lease"),
-                                                       slot.key("fence"), self.node_id, self.ttl_ms)
-                else:
-                    raise
+            won, value = await self._script("acquire", 2, slot.key("lease"), slot.key("fence"), self.node_id,
+                                            self.ttl_ms)
             self._ok()
             value = value.decode() if isinstance(value, bytes) else value
             if won:
@@ -431,7 +447,7 @@ class Cluster:
                 self._wake_reader()
                 return True
             if value.split(" ", 1)[0] == self.node_id:  # ours, but this slot did not know (left over)
-                await self._r.evalsha(self._sha["release"], 1, slot.key("lease"), value)
+                await self._script("release", 1, slot.key("lease"), value)
                 return await self._ensure_again(slot, fut)
             if slot.role != "member":
                 await self.subscribe(slot.key("out"))
@@ -480,7 +496,7 @@ class Cluster:
         self.forget(slot)
         if lease and self._r is not None and self.down_since is None:
             try:
-                await self._r.evalsha(self._sha["release"], 1, slot.key("lease"), lease)
+                await self._script("release", 1, slot.key("lease"), lease)
             except Exception:
                 pass
 
@@ -569,13 +585,21 @@ class Cluster:
             await asyncio.sleep(0)  # let the rest of this turn add to the batch
             dirty, self._dirty = self._dirty, {}
             batches = []
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._w.pipeline(transaction=False)
             for slot in dirty:
                 b = slot.take_batch(pipe, self._sha)
                 if b is not None:
                     batches.append(b)
             if not batches:
                 continue
+            if self._writer_stale:
+                # the connection may be a dead one from before a Redis restart: a flush sent on
+                # it would fail (and stop its room) although Redis is back
+                self._writer_stale = False
+                try:
+                    await self._w.connection_pool.disconnect()
+                except Exception:
+                    pass
             try:
                 results = await pipe.execute(raise_on_error=False)
             except asyncio.CancelledError:
@@ -680,8 +704,7 @@ class Cluster:
         owned = [s for s in self.owned.values() if s.role == "owner" and s.lease]
         if owned:
             keys = [s.key("lease") for s in owned]
-            res = await self._r.evalsha(self._sha["renew"], len(keys), *keys, self.ttl_ms,
-                                        *[s.lease for s in owned])
+            res = await self._script("renew", len(keys), *keys, self.ttl_ms, *[s.lease for s in owned])
             for slot, ok in zip(owned, res):
                 if not ok:
                     slot.lost("its lease was taken over")
@@ -761,7 +784,9 @@ def _ignore_result(fut: asyncio.Future[Any]) -> None:
 
 
 def _is_noscript(r: Any) -> bool:
-    return isinstance(r, Exception) and "NOSCRIPT" in str(r)
+    """A script Redis does not have (redis-py raises NoScriptError, without the NOSCRIPT prefix)."""
+    return isinstance(r, Exception) and (type(r).__name__ == "NoScriptError" or "NOSCRIPT" in str(r)
+                                         or "No matching script" in str(r))
 
 
 def _is_redis_error(exc: BaseException) -> bool:

@@ -21,7 +21,7 @@ def pytest_asyncio_loop_factories(config, item):
     (conformance and browser tests drive other processes: the asyncio loop is enough there)."""
     import uvloop
 
-    if "conformance" in str(item.path) or "browser" in str(item.path):
+    if "conformance" in str(item.path) or "browser" in str(item.path) or "faults" in item.path.name:
         return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 

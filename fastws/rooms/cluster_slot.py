@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fastws.cluster import INBOX_MAXLEN, RoomUnavailable, decode_request, encode_response
+from fastws.cluster import INBOX_MAXLEN, RoomUnavailable, _is_noscript, decode_request, encode_response
 from fastws.rooms.room import (
     ACCEPT,
     ALARM,
@@ -478,7 +478,7 @@ class ClusterSlot(RoomSlot):
 
     def _flushed(self, batch: _OwnerBatch, result: Any) -> None:
         if isinstance(result, Exception):
-            if "NOSCRIPT" in str(result) and batch.tries < 2 and self.role == "owner":
+            if _is_noscript(result) and batch.tries < 2 and self.role == "owner":
                 batch.tries += 1
                 self.retry = batch
                 self.cluster.schedule(self)
