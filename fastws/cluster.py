@@ -377,9 +377,14 @@ class Cluster:
                 await pipe.execute()
             except Exception as exc:
                 logger.warning("fastws.cluster: could not release the leases: %s", exc)
+        if self._writer_event is not None:
+            self._writer_event.set()
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # redis-py may turn a cancellation into a connection error: the loops also end on
+            # _closing, and a task that still does not end is left behind after 2 s
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks.clear()
         await self._close_clients()
         self._started = None
@@ -515,7 +520,7 @@ class Cluster:
 
     async def _listener(self) -> None:
         delay = 0.05
-        while True:
+        while not self._closing:
             try:
                 msg = await self._ps.get_message(timeout=1.0)
             except asyncio.CancelledError:
@@ -579,7 +584,7 @@ class Cluster:
     async def _writer(self) -> None:
         assert self._writer_event is not None
         ev = self._writer_event
-        while True:
+        while not self._closing:
             await ev.wait()
             ev.clear()
             await asyncio.sleep(0)  # let the rest of this turn add to the batch
@@ -639,7 +644,7 @@ class Cluster:
     async def _reader(self) -> None:
         delay = 0.05
         block = max(100, min(1000, self.ttl_ms // 3))
-        while True:
+        while not self._closing:
             streams: dict[str, str] = {self.wake_key: self._wake_last}
             for key, slot in self.owned.items():
                 if slot.role == "owner":
@@ -687,7 +692,7 @@ class Cluster:
 
     async def _ticker(self) -> None:
         period = self.lease_ttl / 3
-        while True:
+        while not self._closing:
             await asyncio.sleep(period)
             try:
                 await self._tick()

@@ -276,3 +276,48 @@ async def test_websockets_client_on_a_member_node(nodes):
         assert (await recv_json(a))["content"] == "from websockets"
     assert (await recv_json(a))["type"] == "user_left"
     await a.close()
+
+
+async def test_shutdown_with_members_still_connected_ends(nodes):
+    """Servers shut down while an owner and a member node both hold sockets of one room."""
+    s1, s2 = await nodes(Counter, 2)
+    a = await fastws.connect(s1.url + "/sd")
+    b = await fastws.connect(s2.url + "/sd")
+    await until(lambda: len(s1.app.slot("sd").sockets) == 2)
+    await a.send("x")
+    assert await asyncio.wait_for(a.recv(), T) == "1"
+    assert await asyncio.wait_for(b.recv(), T) == "1"
+    for s in (s2, s1):
+        await asyncio.wait_for(s.shutdown(timeout=2), 10)
+    with pytest.raises(fastws.ConnectionClosed):
+        await asyncio.wait_for(b.recv(), T)
+
+
+class Sleepy(Room):
+    hibernate = 0.3
+    woken = 0
+
+    def __init__(self):
+        type(self).woken += 1
+
+    def on_message(self, ws, message):
+        self.broadcast(f"{message} ({len(self.sockets())} here)")
+
+
+async def test_hibernation_keeps_remote_members(nodes):
+    s1, s2 = await nodes(Sleepy, 2)
+    a = await fastws.connect(s1.url + "/h")
+    b = await fastws.connect(s2.url + "/h")
+    slot = s1.app.slot("h")
+    await until(lambda: len(slot.sockets) == 2)
+    await b.send("one")
+    assert await asyncio.wait_for(a.recv(), T) == "one (2 here)"
+    assert await asyncio.wait_for(b.recv(), T) == "one (2 here)"
+    await until(lambda: slot.room is None, timeout=3)              # asleep, sockets kept
+    woken = Sleepy.woken
+    await b.send("two")                                            # a remote member wakes it
+    assert await asyncio.wait_for(b.recv(), T) == "two (2 here)"
+    assert await asyncio.wait_for(a.recv(), T) == "two (2 here)"
+    assert Sleepy.woken == woken + 1
+    await a.close()
+    await b.close()
