@@ -235,6 +235,7 @@ class Cluster:
         self.members: dict[str, ClusterSlot] = {}        # out channel -> slot in the member role
         self._dirty: dict[ClusterSlot, None] = {}
         self._writer_event: asyncio.Event | None = None
+        self._barriers: list[asyncio.Future[None]] = []
         self._subscribed: dict[str, asyncio.Future[None]] = {}
         self._rpc: dict[str, asyncio.Future[Any]] = {}
         self._rpc_seq = 0
@@ -589,6 +590,7 @@ class Cluster:
             ev.clear()
             await asyncio.sleep(0)  # let the rest of this turn add to the batch
             dirty, self._dirty = self._dirty, {}
+            barriers, self._barriers = self._barriers, []
             batches = []
             pipe = self._w.pipeline(transaction=False)
             for slot in dirty:
@@ -596,6 +598,7 @@ class Cluster:
                 if b is not None:
                     batches.append(b)
             if not batches:
+                _resolve_all(barriers)
                 continue
             if self._writer_stale:
                 # the connection may be a dead one from before a Redis restart: a flush sent on
@@ -622,6 +625,7 @@ class Cluster:
                     b.done(res)
                 except Exception:
                     logger.exception("fastws.cluster: handling a flush result failed")
+            _resolve_all(barriers)
             errors = [r for r in results if isinstance(r, Exception)]
             if noscript:
                 try:
@@ -632,6 +636,14 @@ class Cluster:
                 self._failed(errors[0])
             else:
                 self._ok()
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A future done once everything handed to the writer so far has been sent (and answered)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers.append(fut)
+        if self._writer_event is not None:
+            self._writer_event.set()
+        return fut
 
     # ------------------------------------------------------------ the reader: inboxes of owned rooms
 
@@ -775,6 +787,12 @@ class Cluster:
         if self._r is None:
             raise RoomUnavailable("the cluster is not connected")
         return self._r
+
+
+def _resolve_all(futs: list[asyncio.Future[None]]) -> None:
+    for f in futs:
+        if not f.done():
+            f.set_result(None)
 
 
 def _done_future(loop: Any) -> asyncio.Future[None]:

@@ -577,6 +577,9 @@ class ClusterSlot(RoomSlot):
         self.lease = lease
         r = self.cluster.redis
         try:
+            if self.xadds or self in self.cluster._dirty:
+                # this node's own member events still on their way to the inbox: read after them
+                await asyncio.wait_for(self.cluster.barrier(), self.cluster.lease_ttl)
             pipe = r.pipeline(transaction=False)
             pipe.hgetall(self.key("members"))
             pipe.hgetall(self.key("meta"))

@@ -382,6 +382,8 @@ class RoomRouter:
             return refused
         try:
             result = await slot.request(REQUEST, None, request)
+        except RoomUnavailable:  # a cluster room that moved to another node meanwhile
+            return Response(503, "Room unavailable\n")
         except Exception:
             return Response(500, "Internal Server Error\n")
         return _to_response(result)
