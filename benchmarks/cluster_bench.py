@@ -65,6 +65,7 @@ if ROOT not in sys.path:
 
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
+PYSPY = shutil.which("py-spy", path=os.path.dirname(PY)) or "py-spy"
 
 
 def log(*a: Any) -> None:
@@ -173,6 +174,41 @@ class Server:
         return [ln for ln in text.splitlines() if "Traceback" in ln or "ERROR" in ln or "Error" in ln][:10]
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """Busy cores of the whole machine over ``seconds`` (from /proc/stat)."""
+    def read() -> tuple[float, float]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return float(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]), time.monotonic()
+    (b0, t0) = read()
+    time.sleep(seconds)
+    (b1, t1) = read()
+    return (b1 - b0) / TICK / (t1 - t0)
+
+
+class Quiet:
+    """Before a measurement: wait (1 s samples) until the machine is nearly idle (other tenants
+    below ``limit`` cores), at most ``per_wait`` s each time and ``budget`` s in all; the level
+    seen is recorded."""
+
+    def __init__(self, limit: float, per_wait: float, budget: float) -> None:
+        self.limit, self.per_wait, self.budget = limit, per_wait, budget
+        self.waited = 0.0
+
+    def wait(self) -> float:
+        t0 = time.monotonic()
+        level = busy_cores(0.5)
+        while level > self.limit and time.monotonic() - t0 < self.per_wait and self.waited < self.budget:
+            level = busy_cores(1.0)
+            self.waited += 1.0
+        if level > self.limit:
+            log(f"machine busy before a measurement: {level:.2f} cores used by other processes")
+        return level
+
+
+QUIET = Quiet(0.3, 20.0, 90.0)
+
+
 # ------------------------------------------------------------------ 1. fan-out
 
 FANOUT_CONFIGS = ("single", "cluster1", "cluster2", "sio2")
@@ -181,6 +217,7 @@ FANOUT_CONFIGS = ("single", "cluster1", "cluster2", "sio2")
 def run_fanout(config: str, a: argparse.Namespace, redis: Redis, tmp: str,
                profile_dir: str | None = None) -> dict[str, Any]:
     redis.flush()
+    idle_before = QUIET.wait()
     half = a.members // 2
     servers: list[Server] = []
     prof: list[subprocess.Popen[Any]] = []
@@ -213,7 +250,7 @@ def run_fanout(config: str, a: argparse.Namespace, redis: Redis, tmp: str,
             time.sleep(2.5)  # connected and warmed up by then
             for name, s in zip("AB", servers):
                 out = os.path.join(profile_dir, f"{config}-{name}.txt")
-                prof.append(subprocess.Popen(["py-spy", "record", "-d", str(min(5, int(a.seconds))), "-r", "100",
+                prof.append(subprocess.Popen([PYSPY, "record", "-d", str(min(5, int(a.seconds))), "-r", "100",
                                               "--native", "-f", "raw", "-o", out, "--pid", str(s.pid)],
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         try:
@@ -235,6 +272,7 @@ def run_fanout(config: str, a: argparse.Namespace, redis: Redis, tmp: str,
             return {"ok": False, "error": doc.get("error"), "log": [p for s in servers for p in s.log_problems()]}
         r = doc["result"]
         r["ok"] = r["errors"] == 0 and r["drained"]
+        r["busy_before"] = idle_before
         r["server_log_problems"] = [p for s in servers for p in s.log_problems()]
         return r
     finally:
@@ -254,7 +292,8 @@ def fanout_part(a: argparse.Namespace, redis: Redis, tmp: str) -> dict[str, Any]
                 log(f"fan-out round {rnd} {c:8s} {r['deliveries_per_s']:12,.0f} deliveries/s  server "
                     f"{r['server_us_per_delivery']:.3f} us/delivery ({r['server_cpu_cores']:.2f} cores)  redis "
                     f"{r['redis_us_per_delivery']:.4f} us/delivery  client {r['client_cpu_cores']:.2f} cores  "
-                    f"frames/read {r['frames_per_read']:.1f}  p50 {r['lat_ms_p50']:.1f} ms")
+                    f"frames/read {r['frames_per_read']:.1f}  p50 {r['lat_ms_p50']:.1f} ms  "
+                    f"other tenants {r['other_cpu_cores']:.2f} cores")
             else:
                 log(f"fan-out round {rnd} {c}: FAILED {r.get('error') or r.get('error_samples')} {r.get('log') or ''}")
     return {"runs": runs, "summary": fanout_summary(runs)}
@@ -268,7 +307,7 @@ def med(vals: list[float]) -> float | None:
 def fanout_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     keys = ("deliveries_per_s", "server_us_per_delivery", "redis_us_per_delivery", "server_cpu_cores",
             "redis_cpu_cores", "client_cpu_cores", "client_us_per_delivery", "frames_per_read", "lat_ms_p50",
-            "lat_ms_p99")
+            "lat_ms_p99", "other_cpu_cores")
     rows = {}
     for c, rs in runs.items():
         ok = [r for r in rs if r.get("ok")]
@@ -358,13 +397,46 @@ def pctl(vals: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+async def _redis_floor(url: str, n: int) -> dict[str, Any]:
+    """What one redis-py asyncio round trip costs here: PING, and a pipeline of one EVALSHA."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url)
+    sha = await r.script_load("return 1")
+    out = {}
+    try:
+        for name in ("ping", "pipeline_evalsha"):
+            lat = []
+            for i in range(n + 100):
+                t = time.perf_counter()
+                if name == "ping":
+                    await r.ping()
+                else:
+                    pipe = r.pipeline(transaction=False)
+                    pipe.evalsha(sha, 0)
+                    await pipe.execute()
+                if i >= 100:
+                    lat.append((time.perf_counter() - t) * 1e3)
+            out[name] = {"n": n, "p50_ms": pctl(lat, 0.5), "p99_ms": pctl(lat, 0.99)}
+    finally:
+        await r.aclose()
+    return out
+
+
 def rtt_part(a: argparse.Namespace, redis: Redis, tmp: str) -> dict[str, Any]:
     import uvloop
 
     out: dict[str, Any] = {}
+    QUIET.wait()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        floor = runner.run(_redis_floor(redis.url, a.rtt_count))
+    out["redis-py/floor"] = floor
+    log("redis-py asyncio round trip: " + "  ".join(f"{k} p50 {v['p50_ms']:.3f} ms p99 {v['p99_ms']:.3f} ms"
+                                                    for k, v in floor.items()))
     for app_name, target, chat in (("chat", "examples.chat:app", True), ("fan", "benchmarks.cluster_apps:app", False)):
         for mode in ("cluster", "single"):
             redis.flush()
+            QUIET.wait()
             if mode == "cluster":
                 servers = [Server("fastws", target, tmp, redis.url) for _ in range(2)]
                 ports = (servers[0].port, servers[1].port)
@@ -565,14 +637,15 @@ def print_tables(res: dict[str, Any]) -> None:
         print(f"\nFan-out, one room, {res['args']['members']} subscribers + 1 publisher, {res['args']['size']} B text, "
               f"window {res['args']['window']} (medians of {res['args']['rounds']} rounds x {res['args']['seconds']} s)\n")
         print("| configuration | deliveries/s | server µs/delivery | Redis µs/delivery | server cores | Redis cores "
-              "| client cores | frames/read | p50 / p99 ms to last subscriber | runs ok |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| client cores | other tenants' cores | frames/read | p50 / p99 ms to last subscriber | runs ok |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         names = {"single": "1 process, no Redis", "cluster1": "1 process, --redis", "cluster2": "2 processes, --redis (500/500)",
                  "sio2": "python-socketio AsyncRedisManager, 2 processes (500/500)"}
         for c, r in rows.items():
             print(f"| {names[c]} | {fmt(r['deliveries_per_s'])} | {fmt(r['server_us_per_delivery'], '.3f')} | "
                   f"{fmt(r['redis_us_per_delivery'], '.4f')} | {fmt(r['server_cpu_cores'], '.2f')} | "
                   f"{fmt(r['redis_cpu_cores'], '.3f')} | {fmt(r['client_cpu_cores'], '.2f')} | "
+                  f"{fmt(r['other_cpu_cores'], '.2f')} | "
                   f"{fmt(r['frames_per_read'], '.1f')} | {fmt(r['lat_ms_p50'], '.1f')} / {fmt(r['lat_ms_p99'], '.1f')} | "
                   f"{r['runs_ok']}/{r['runs']} |")
         print("\nRatios (median of the per-round ratios):\n")
@@ -588,6 +661,8 @@ def print_tables(res: dict[str, Any]) -> None:
         print("|---|---|---|---|---|---|")
         for key, row in rt.items():
             app_name, mode = key.split("/")
+            if app_name == "redis-py":
+                continue
             if "error" in row:
                 print(f"| {app_name} | {mode} | FAILED: {row['error']} | | | |")
                 continue
@@ -596,6 +671,11 @@ def print_tables(res: dict[str, Any]) -> None:
                          "cross_node": "B (cross node)", "same_node_2": "the one process (2nd socket)"}[side]
                 print(f"| {app_name} | {'2 nodes, --redis' if mode == 'cluster' else '1 process, no Redis'} | {label} | "
                       f"{fmt(v['p50_ms'], '.3f')} | {fmt(v['p99_ms'], '.3f')} | {fmt(v['max_ms'], '.2f')} |")
+        if "redis-py/floor" in rt:
+            f = rt["redis-py/floor"]
+            print(f"\nFor reference, one redis-py asyncio round trip to the same Redis: PING p50 "
+                  f"{f['ping']['p50_ms']:.3f} ms (p99 {f['ping']['p99_ms']:.3f}), a pipeline of one EVALSHA "
+                  f"p50 {f['pipeline_evalsha']['p50_ms']:.3f} ms (p99 {f['pipeline_evalsha']['p99_ms']:.3f})")
     fl = res.get("failover")
     if fl:
         print("\nFailover after kill -9 of the owner (time to the first broadcast from the new owner)\n")

@@ -52,7 +52,7 @@ async def nodes(serve, redis_url, tmp_path):
         for _ in range(n):
             cluster = fastws.Cluster(redis_url, lease_ttl=TTL, **cluster_kw)
             router = RoomRouter(room_class, cluster=cluster, data_dir=str(tmp_path))
-            server = await serve(router)
+            server = await serve(router, close_timeout=1.0)
             made.append(cluster)
             out.append(server)
         return out
@@ -319,5 +319,53 @@ async def test_hibernation_keeps_remote_members(nodes):
     assert await asyncio.wait_for(b.recv(), T) == "two (2 here)"
     assert await asyncio.wait_for(a.recv(), T) == "two (2 here)"
     assert Sleepy.woken == woken + 1
+    await a.close()
+    await b.close()
+
+
+class Firehose(Room):
+    max_buffered = 1 << 20
+    slow_consumer = "close"
+
+    async def on_message(self, ws, message):
+        if message == "go":
+            chunk = "x" * 2048
+            for i in range(3000):
+                self.broadcast(chunk)
+                if i % 10 == 9:
+                    await asyncio.sleep(0.005)  # a few turns: readers that read keep up
+            self.broadcast("end")
+
+
+async def test_slow_consumer_policy_on_a_member_node(nodes):
+    """A member on a non-owner node that never reads is closed (the room's policy, applied by its
+    node) once 6 MB are sent (more than the kernel's buffers hold); the other members, on both
+    nodes, get every message."""
+    import socket
+
+    from tests.helpers import upgrade_request
+
+    s1, s2 = await nodes(Firehose, 2)
+    a = await fastws.connect(s1.url + "/f", max_size=1 << 20)
+    b = await fastws.connect(s2.url + "/f", max_size=1 << 20)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(s2.address)
+    raw.sendall(upgrade_request("/f"))
+    slot = s1.app.slot("f")
+    await until(lambda: len(slot.sockets) == 3)
+    await a.send("go")
+
+    async def drain(ws):
+        n = 0
+        while True:
+            m = await asyncio.wait_for(ws.recv(), T)
+            if m == "end":
+                return n
+            n += 1
+
+    assert await asyncio.gather(drain(a), drain(b)) == [3000, 3000]
+    await until(lambda: len(slot.sockets) == 2)   # the slow one was closed on s2, and left the room
+    raw.close()
     await a.close()
     await b.close()
