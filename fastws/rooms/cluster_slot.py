@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fastws.cluster import INBOX_MAXLEN, RoomUnavailable, _is_noscript, decode_request, encode_response
+from fastws.cluster import (
+    INBOX_MAXLEN,
+    RoomUnavailable,
+    _is_noscript,
+    decode_request,
+    encode_request,
+    encode_response,
+)
 from fastws.rooms.room import (
     ACCEPT,
     ALARM,
@@ -54,15 +61,22 @@ _SEND_NOW = RoomSlot.send_now
 
 
 class _RemoteConn:
-    """What a remote member's ``conn`` is on the owner: open until it leaves, never buffered."""
+    """What a remote member's ``conn`` is on the owner: open until it leaves, never buffered, with
+    the request that opened it (as its node saw it)."""
 
-    __slots__ = ()
+    __slots__ = ("doc", "_request")
     open = True
     buffered_amount = 0
-    request = None
 
+    def __init__(self, doc: dict[str, Any] | None = None) -> None:
+        self.doc = doc  # the request as JSON (kept in the member record for the next owner)
+        self._request: Any = None
 
-_REMOTE = _RemoteConn()
+    @property
+    def request(self) -> Any:
+        if self._request is None and self.doc is not None:
+            self._request = decode_request(self.doc)
+        return self._request
 
 
 class RemoteSocket(RoomSocket):
@@ -71,12 +85,12 @@ class RemoteSocket(RoomSocket):
     __slots__ = ("node",)
 
     def __init__(self, slot: ClusterSlot, sock_id: str, node: str, tags: Iterable[str] = (),
-                 attachment: bytes | None = None) -> None:
+                 attachment: bytes | None = None, request: dict[str, Any] | None = None) -> None:
         super().__init__(slot, tags)
         self._id = sock_id
         self._att = attachment
         self.node = node
-        self.conn = _REMOTE  # type: ignore[assignment]
+        self.conn = _RemoteConn(request)  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"<RemoteSocket {self._id} node={self.node} tags={list(self.tags)}>"
@@ -187,8 +201,10 @@ class ClusterSlot(RoomSlot):
         if role == "member":
             if kind == CONNECT:
                 self.by_id[sock.id] = sock
+                req = sock.conn.request if sock.conn is not None else None
                 self.member_event(["C", sock.id, self.cluster.node_id, list(sock.tags),
-                                   orjson.Fragment(sock._att) if sock._att is not None else None])
+                                   orjson.Fragment(sock._att) if sock._att is not None else None,
+                                   encode_request(req) if req is not None else None])
             elif kind == MESSAGE:
                 data = ev[2]
                 if type(data) is str:
@@ -262,7 +278,8 @@ class ClusterSlot(RoomSlot):
                 return None
             sock = self.by_id.get(sid)
             if sock is None:
-                sock = RemoteSocket(self, sid, node, tags, orjson.dumps(att) if att is not None else None)
+                sock = RemoteSocket(self, sid, node, tags, orjson.dumps(att) if att is not None else None,
+                                    doc[5] if len(doc) > 5 else None)
                 self.by_id[sid] = sock
             return (CONNECT, sock, None, None, None)
         if k == "X":
@@ -380,8 +397,14 @@ class ClusterSlot(RoomSlot):
 
     def _member_record(self, sock: RoomSocket) -> bytes:
         node = sock.node if isinstance(sock, RemoteSocket) else self.cluster.node_id
-        return orjson.dumps({"n": node, "t": list(sock.tags),
-                             "a": orjson.Fragment(sock._att) if sock._att is not None else None})
+        rec: dict[str, Any] = {"n": node, "t": list(sock.tags),
+                               "a": orjson.Fragment(sock._att) if sock._att is not None else None}
+        conn = sock.conn
+        if isinstance(conn, _RemoteConn):
+            rec["q"] = conn.doc
+        elif conn is not None and conn.request is not None:
+            rec["q"] = encode_request(conn.request)
+        return orjson.dumps(rec)
 
     def _joined(self, sock: RoomSocket) -> None:
         if self.role != "owner":
@@ -615,7 +638,7 @@ class ClusterSlot(RoomSlot):
                     sock.tags = tuple(rec.get("t") or ())
                     sock._att = att
             else:
-                sock = RemoteSocket(self, sid, rec["n"], rec.get("t") or (), att)
+                sock = RemoteSocket(self, sid, rec["n"], rec.get("t") or (), att, rec.get("q"))
                 self.n_remote += 1
                 if not alive.get(rec["n"]):
                     sock.node = ""

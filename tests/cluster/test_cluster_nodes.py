@@ -129,6 +129,8 @@ class Tagged(Room):
             ws.attachment = {"name": ws.attachment["name"] + "2"}
             ws.set_tags(["blue"])
             ws.send("renamed")
+        elif message == "paths":
+            ws.send(orjson.dumps(sorted(s.request.query_param("name") for s in self.sockets())).decode())
         elif message == "kick":
             for s in self.sockets():
                 if s is not ws:
@@ -144,6 +146,8 @@ async def test_remote_accept_tags_attachments_and_targets(nodes):
         await fastws.connect(s2.url + "/t?team=none")
     assert info.value.status == 403
     await a.send("who")
+    assert orjson.loads(await asyncio.wait_for(a.recv(), T)) == ["ann", "bob"]
+    await a.send("paths")  # a remote member's ws.request is the request its node saw
     assert orjson.loads(await asyncio.wait_for(a.recv(), T)) == ["ann", "bob"]
     await b.send("presence")
     p = orjson.loads(await asyncio.wait_for(b.recv(), T))
