@@ -172,10 +172,27 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _json_scope(scope: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON-able entries of ``request.scope`` (verified claims in ``user``, path ``params``,
+    ``client_ip``): what a room on another node sees of them."""
+    out = {}
+    for k, v in scope.items():
+        try:
+            orjson.dumps(v)
+        except TypeError:
+            continue
+        out[k] = v
+    return out or None
+
+
 def encode_request(request: Any) -> dict[str, Any]:
-    """A :class:`~fastws.Request` as JSON for the owner (the body base64)."""
-    return {"m": request.method, "t": request.target, "h": list(request.headers), "v": request.http_version,
-            "r": list(request.remote_address) if request.remote_address else None, "b": _b64(request.body or b"")}
+    """A :class:`~fastws.Request` as JSON for the owner (the body base64, the JSON-able scope)."""
+    doc = {"m": request.method, "t": request.target, "h": list(request.headers), "v": request.http_version,
+           "r": list(request.remote_address) if request.remote_address else None, "b": _b64(request.body or b"")}
+    scope = _json_scope(request.scope) if request.scope else None
+    if scope:
+        doc["s"] = scope
+    return doc
 
 
 def decode_request(doc: dict[str, Any]) -> Any:
@@ -184,6 +201,8 @@ def decode_request(doc: dict[str, Any]) -> Any:
     req = Request(doc["m"], doc["t"], Headers([(k, v) for k, v in doc["h"]]), doc.get("v") or "1.1",
                   tuple(doc["r"]) if doc.get("r") else None)
     req.body = base64.b64decode(doc.get("b") or "")
+    if doc.get("s"):
+        req.scope.update(doc["s"])
     return req
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 import fastws
@@ -49,3 +50,24 @@ async def test_unreachable_redis_answers_503(serve):
     with pytest.raises(fastws.InvalidHandshake) as info:
         await fastws.connect(server.url + "/x")
     assert info.value.status == 503
+
+
+def test_request_round_trip_keeps_what_the_owner_needs():
+    """What a member's node sends to the owner: method, target, headers, peer, body and the
+    JSON-able scope (verified claims, path params), nothing that cannot cross as JSON."""
+    from fastws.cluster import decode_request, encode_request
+    from fastws.handshake import Headers, Request
+
+    req = Request("GET", "/chat/lobby?name=ann", Headers([("Host", "x"), ("Upgrade", "websocket")]),
+                  remote_address=("127.0.0.1", 5555))
+    req.body = b"\x00\xff"
+    req.scope.update({"user": {"sub": "u1", "roles": ["a"]}, "params": {"path": "lobby"},
+                      "client_ip": "127.0.0.1", "handle": object()})
+    doc = orjson.loads(orjson.dumps(encode_request(req)))
+    back = decode_request(doc)
+    assert (back.method, back.target, back.path, back.query_param("name")) == ("GET", "/chat/lobby?name=ann",
+                                                                                "/chat/lobby", "ann")
+    assert list(back.headers) == list(req.headers) and back.remote_address == ("127.0.0.1", 5555)
+    assert back.body == b"\x00\xff" and back.is_websocket
+    assert back.scope == {"user": {"sub": "u1", "roles": ["a"]}, "params": {"path": "lobby"},
+                          "client_ip": "127.0.0.1"}
