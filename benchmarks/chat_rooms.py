@@ -54,9 +54,9 @@ class NormalChat(ChatRoom):
 
 
 _opts = {"compression": False, "ping_interval": None, "backlog": 4096}
-app_nostore = RoomRouter(NoStoreChat, server_options=_opts)
-app_normal = RoomRouter(NormalChat, server_options=_opts)
-app_full = RoomRouter(ChatRoom, server_options=_opts)
+app_nostore = RoomRouter(NoStoreChat, server_options=_opts, new_rooms_per_ip=None)
+app_normal = RoomRouter(NormalChat, server_options=_opts, new_rooms_per_ip=None)
+app_full = RoomRouter(ChatRoom, server_options=_opts, new_rooms_per_ip=None)
 
 
 def start(mode: str, data_dir: str, core: int | None) -> tuple[subprocess.Popen[str], int]:

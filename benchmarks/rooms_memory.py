@@ -46,8 +46,9 @@ class SleepingRoom(AwakeRoom):
 
 
 _opts = {"compression": False, "ping_interval": None, "backlog": 4096}
-app_awake = RoomRouter(AwakeRoom, server_options=_opts)
-app_hibernate = RoomRouter(SleepingRoom, server_options=_opts)
+# one client IP opens every room: no per-IP pace of new rooms, no cap
+app_awake = RoomRouter(AwakeRoom, server_options=_opts, max_rooms=None, new_rooms_per_ip=None)
+app_hibernate = RoomRouter(SleepingRoom, server_options=_opts, max_rooms=None, new_rooms_per_ip=None)
 
 
 def rss_kib(pid: int) -> int:

@@ -188,6 +188,12 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
                         "(redis://host:port/db); exported as FASTWS_REDIS_URL")
     s.add_argument("--lease-ttl", type=float, default=None, metavar="S",
                    help="cluster: seconds a room owner's lease lasts unrenewed (default 3)")
+    s.add_argument("--max-rooms", default=None, metavar="N",
+                   help="rooms: at most N in memory per process (default 10000; 0: no cap); "
+                        "exported as FASTWS_MAX_ROOMS")
+    s.add_argument("--new-rooms-per-ip", default=None, metavar="RATE",
+                   help="rooms: how fast one client IP may open rooms, e.g. 10/s (the default, bursts of 100) "
+                        "or off; exported as FASTWS_NEW_ROOMS_PER_IP")
     s.add_argument("--max-size", type=int, default=None, help="largest message in bytes")
     s.add_argument("--no-compression", action="store_true", help="do not negotiate permessage-deflate")
     s.add_argument("--ping-interval", type=float, default=None, help="keepalive ping after N s of silence (0: off)")
@@ -432,6 +438,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["FASTWS_REDIS_URL"] = args.redis
     if args.lease_ttl is not None:
         os.environ["FASTWS_LEASE_TTL"] = str(args.lease_ttl)
+    if args.max_rooms is not None:
+        if not args.max_rooms.isdigit():
+            raise CLIError(f"--max-rooms must be a whole number (0: no cap), not {args.max_rooms!r}")
+        os.environ["FASTWS_MAX_ROOMS"] = args.max_rooms
+    if args.new_rooms_per_ip is not None:
+        if args.new_rooms_per_ip.lower() not in ("0", "off", "none"):
+            from fastws.guards.ratelimit import RateLimit
+
+            try:
+                RateLimit.parse(args.new_rooms_per_ip)
+            except ValueError as exc:
+                raise CLIError(f"--new-rooms-per-ip: {exc}") from None
+        os.environ["FASTWS_NEW_ROOMS_PER_IP"] = args.new_rooms_per_ip
     if args.workers == 1:
         return serve_one(args)
     if not os.environ.get("FASTWS_REDIS_URL") and _serves_rooms(load_app(args.app, args.app_dir)):

@@ -34,6 +34,7 @@ __all__ = [
     "ServerHandshake",
     "ClientHandshake",
     "accept_key",
+    "normalize_path",
     "error_response",
 ]
 
@@ -124,13 +125,59 @@ def _tokens(values: Iterable[str]) -> list[str]:
     return out
 
 
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+
+
+def normalize_path(raw: str) -> str:
+    """The one path every part of fastws sees (routing, the firewall, room names, metrics).
+
+    ``raw`` is the path of the request target as sent. Percent-escapes are decoded once (as
+    UTF-8), then the path is split on ``/``: empty segments (``//``) and ``.`` are dropped,
+    ``..`` removes the segment before it (never above the root), and a trailing ``/`` goes.
+    So ``//admin``, ``/%61dmin``, ``/admin/``, ``/./admin`` and ``/x/../admin`` are all
+    ``/admin``. An absolute-form target (``http://host/path``) gives its path.
+
+    Raises:
+        HandshakeError: 400 for a path that is not UTF-8 once decoded, holds a control
+            character (NUL included, encoded or not), or does not start with ``/``.
+    """
+    if not raw.startswith("/"):
+        scheme, sep, rest = raw.partition("://")
+        if sep and scheme.lower() in ("http", "https", "ws", "wss"):
+            raw = "/" + rest.partition("/")[2]
+        else:
+            raise HandshakeError(400, "Malformed request target: the path must start with '/'")
+    if "%" in raw:
+        try:
+            path = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            raise HandshakeError(400, "Malformed request target: the path is not UTF-8") from None
+    else:
+        path = raw
+    if not _CONTROL.isdisjoint(path):
+        raise HandshakeError(400, "Malformed request target: control character in the path")
+    if "//" not in path and "/." not in path and (len(path) == 1 or path[-1] != "/"):
+        return path  # already normal (the common case)
+    out: list[str] = []
+    for seg in path.split("/"):
+        if seg == "" or seg == ".":
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    return "/" + "/".join(out)
+
+
 class Request:
     """The HTTP request that opened a connection.
 
     Attributes:
         method: ``"GET"`` for an upgrade.
         target: the request target as sent (path and query).
-        path: the decoded path, e.g. ``"/rooms/lobby"``.
+        path: the decoded, normalised path, e.g. ``"/rooms/lobby"`` (see :func:`normalize_path`:
+            the firewall, the routes and room names all see this one).
         query_string: the raw query (without ``?``).
         headers: :class:`Headers`.
         http_version: e.g. ``"1.1"``.
@@ -146,7 +193,7 @@ class Request:
         self.method = method
         self.target = target
         path, _, query = target.partition("?")
-        self.path = unquote(path) if "%" in path else path
+        self.path = normalize_path(path)
         self.query_string = query
         self.headers = headers
         self.http_version = http_version

@@ -533,6 +533,9 @@ class ClusterSlot(RoomSlot):
                     keep.append((seq, fut))
             self.waiters = keep
 
+    def durable(self, seq: int) -> asyncio.Future[None]:
+        return self.wait_committed(seq)
+
     def wait_committed(self, seq: int) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self.ns.loop.create_future()
         if seq <= self.committed_seq:

@@ -34,7 +34,7 @@ import orjson
 from fastws.connection import Listener
 from fastws.exceptions import ConnectionClosed, FastWSError
 from fastws.metrics import recorder
-from fastws.rooms.storage import _DELETE, Storage, StorageError, StorageFull, room_path
+from fastws.rooms.storage import _DELETE, Storage, StorageError, StorageFull, legacy_room_path, room_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastws.connection import Connection, Message
@@ -471,7 +471,8 @@ class RoomSlot:
             st = self.storage = Storage(room_path(self.ns.data_dir, cls.__name__, self.name), self.ns.loop,
                                         quota=cls.storage_quota, synchronous=cls.synchronous,
                                         on_commit=self._committed, on_failure=self._commit_failed,
-                                        name=self.name)
+                                        name=self.name,
+                                        legacy_path=legacy_room_path(self.ns.data_dir, cls.__name__, self.name))
         return st
 
     def out(self, fn: Any, *args: Any) -> None:
@@ -816,10 +817,34 @@ class RoomSlot:
             if not fut.done():
                 if exc is not None:
                     fut.set_exception(exc)
+                    return
+                st = self.storage
+                if st is not None and st.seq > st.committed:
+                    # the output gate, for answers too: a response that shows a write leaves only
+                    # once the write is durable (a failed commit answers with the error instead)
+                    t = self.ns.loop.create_task(self._answer_when_durable(st.seq, fut, result))
+                    self.ns._evicting.add(t)
+                    t.add_done_callback(self.ns._evicting.discard)
                 else:
                     fut.set_result(result)
         elif kind == ALARM:
             self._alarm_done(ev[2], exc is not None)
+
+    async def _answer_when_durable(self, seq: int, fut: asyncio.Future[Any], result: Any) -> None:
+        try:
+            await self.durable(seq)
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result(result)
+
+    def durable(self, seq: int) -> Awaitable[None]:
+        """Done once the storage batch ``seq`` is committed (raises what a failed commit raised)."""
+        st = self.storage
+        assert st is not None
+        return st.sync()
 
     def hook_failed(self, sock: RoomSocket | None, exc: BaseException, hook: str, log: bool = True) -> None:
         """Log a hook's exception once (with the room name) and tell ``on_error``."""

@@ -22,9 +22,12 @@ from typing import Any
 
 import orjson
 
+from fastws._limits import BucketTable
 from fastws.cluster import Cluster, RoomUnavailable, cluster_from_env, decode_response
+from fastws.guards.ratelimit import RateLimit
 from fastws.handshake import Request, Response
 from fastws.metrics import RoomInfo, recorder
+from fastws.rooms.names import InvalidRoomName, check_room_name
 from fastws.rooms.room import ACCEPT, REQUEST, Room, RoomSlot, RoomSocket
 from fastws.rooms.storage import StorageError, close_idle
 from fastws.server import Accept
@@ -115,6 +118,20 @@ class _Namespace:
             _trim_memory()
         self._schedule_sweep()
 
+    def reclaim(self, want: int) -> int:
+        """Drop up to ``want`` rooms that hold nothing (no socket, no alarm, nothing running,
+        idle for a second at least) before their time, to make room under ``max_rooms``."""
+        now = self.loop.time()
+        n = 0
+        for name, s in list(self.slots.items()):
+            if not s.sockets and s.alarm_at is None and now - s.last_event >= 1.0 and s.idle():
+                del self.slots[name]
+                self._evict(s, drop=True)
+                n += 1
+                if n >= want:
+                    break
+        return n
+
     def _evict(self, s: RoomSlot, drop: bool = False) -> None:
         t = self.loop.create_task(s.drop() if drop else s.evict())
         self._evicting.add(t)
@@ -199,6 +216,11 @@ def default_room_name(request: Request) -> str:
     return name or "default"
 
 
+DEFAULT_MAX_ROOMS = 10_000
+_DEFAULT_NEW_ROOMS = RateLimit(10, 1.0, burst=100)
+_FROM_ENV: Any = object()  # the default of max_rooms / new_rooms_per_ip: $FASTWS_..., else the default
+
+
 class RoomRouter:
     """An app that forwards each request to a room of ``room_class``.
 
@@ -213,16 +235,42 @@ class RoomRouter:
         cluster: a :class:`fastws.Cluster` (Redis) to share the rooms with every process that
             names the same Redis: one live instance per room in the whole cluster. Default:
             ``$FASTWS_REDIS_URL`` when set (``fastws serve --redis URL``), else one process.
+        max_rooms: rooms this process keeps in memory at most (awake, hibernated or empty and
+            not yet dropped); at the cap, rooms that hold nothing are dropped early to make
+            space, and when none can be, a request that would open one more gets ``503 Too many
+            rooms`` (None: no cap). Default ``$FASTWS_MAX_ROOMS`` (``fastws serve --max-rooms``),
+            else 10,000.
+        new_rooms_per_ip: how fast one client IP may bring rooms into memory (a
+            :class:`~fastws.guards.RateLimit` or a spec such as ``"10/s"``); over it: ``429``
+            with ``Retry-After``. None: no limit. Joining a room already in memory never counts.
+            Default ``$FASTWS_NEW_ROOMS_PER_IP`` (``fastws serve --new-rooms-per-ip``; ``off``
+            for none), else 10 per second in bursts of 100.
 
     Routers of the same class and data directory share their rooms: there is one live instance
-    per (class, name) in a server.
+    per (class, name) in a server. Room names are checked and mapped to file names in one place,
+    :mod:`fastws.rooms.names` (1-255 bytes of UTF-8, no control character; an invalid one gets
+    ``400``).
     """
 
     def __init__(self, room_class: type[Room], *, data_dir: str | None = None,
                  room_name: Callable[[Request], str] | None = None, prefix: str = "",
-                 server_options: dict[str, Any] | None = None, cluster: Cluster | None = None) -> None:
+                 server_options: dict[str, Any] | None = None, cluster: Cluster | None = None,
+                 max_rooms: int | None | object = _FROM_ENV, new_rooms_per_ip: RateLimit | str | None | object = _FROM_ENV
+                 ) -> None:
         if not (isinstance(room_class, type) and issubclass(room_class, Room)):
             raise TypeError(f"RoomRouter needs a Room subclass, not {room_class!r}")
+        if max_rooms is _FROM_ENV:
+            env = os.environ.get("FASTWS_MAX_ROOMS", "").strip()
+            max_rooms = DEFAULT_MAX_ROOMS if not env else (None if env in ("0", "off", "none") else int(env))
+        if max_rooms is not None and (not isinstance(max_rooms, int) or max_rooms < 1):
+            raise ValueError("max_rooms must be at least 1 (or None)")
+        self.max_rooms: int | None = max_rooms
+        if new_rooms_per_ip is _FROM_ENV:
+            env = os.environ.get("FASTWS_NEW_ROOMS_PER_IP", "").strip()
+            new_rooms_per_ip = _DEFAULT_NEW_ROOMS if not env else None if env.lower() in ("0", "off", "none") else env
+        rate = RateLimit.parse(new_rooms_per_ip)
+        self.new_rooms_per_ip = rate
+        self._new_rooms = BucketTable(rate.rate, rate.burst, 100_000) if rate is not None else None
         self.room_class = room_class
         self._data_dir = data_dir
         self._room_name = room_name
@@ -323,6 +371,10 @@ class RoomRouter:
             t = ns.loop.create_task(_scan_later(ns))
             ns._evicting.add(t)
             t.add_done_callback(ns._evicting.discard)
+        if name not in ns.slots:
+            refused = self._admit_new_room(ns, name, request)
+            if refused is not None:
+                return refused
         slot = ns.slot(name)
         if ns.cluster is not None:
             return self._cluster_forward(slot, ws, request)
@@ -332,6 +384,28 @@ class RoomRouter:
         if self._custom_accept or st is None or not st.opened:
             return self._accept_async(slot, ws, request)
         return Accept(listener=RoomSocket(slot))
+
+    def _admit_new_room(self, ns: _Namespace, name: str, request: Request) -> Response | None:
+        """Checks for a request that would bring room ``name`` into memory: a valid name, the
+        per-process cap, the per-IP rate. None: go on."""
+        try:
+            check_room_name(name)
+        except InvalidRoomName as exc:
+            recorder.guard("invalid", "room_name")
+            return Response(400, exc.reason + "\n")
+        if self.max_rooms is not None and len(ns.slots) >= self.max_rooms \
+                and not ns.reclaim(max(1, self.max_rooms // 100)):
+            recorder.guard("capped", "max_rooms")
+            return Response(503, "Too many rooms\n", [("Retry-After", "30")])
+        table = self._new_rooms
+        if table is not None:
+            ip = request.scope.get("client_ip") or (request.remote_address[0] if request.remote_address else "")
+            wait = table.hit(str(ip))
+            if wait:
+                recorder.guard("rate_limited", "new_rooms")
+                return Response(429, "Too many new rooms from this address\n",
+                                [("Retry-After", str(max(1, int(wait + 0.999))))])
+        return None
 
     async def _open(self, slot: RoomSlot) -> Response | None:
         st = slot.get_storage()
@@ -384,6 +458,8 @@ class RoomRouter:
             result = await slot.request(REQUEST, None, request)
         except RoomUnavailable:  # a cluster room that moved to another node meanwhile
             return Response(503, "Room unavailable\n")
+        except StorageError:  # what the answer would show could not be committed
+            return Response(503, "Room storage unavailable\n")
         except Exception:
             return Response(500, "Internal Server Error\n")
         return _to_response(result)

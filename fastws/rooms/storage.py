@@ -22,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import concurrent.futures
-import hashlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -37,6 +35,7 @@ import orjson
 
 from fastws.exceptions import FastWSError
 from fastws.metrics import recorder
+from fastws.rooms.names import legacy_room_file_stem, room_file_stem
 
 __all__ = ["Storage", "StorageError", "StorageFull", "Transaction", "room_path"]
 
@@ -106,14 +105,14 @@ def close_idle(now: float, loop: asyncio.AbstractEventLoop | None = None) -> int
 
 
 def room_path(data_dir: str, class_name: str, name: str) -> str:
-    """The database file of room ``name`` of class ``class_name`` (names are %-quoted; long
-    names are shortened with a hash so every name maps to a valid, distinct file name)."""
-    quoted = urllib.parse.quote(name, safe="") or "%00"
-    if quoted.startswith("."):
-        quoted = "%2E" + quoted[1:]
-    if len(quoted) > 180:
-        quoted = quoted[:100] + "~" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
-    return os.path.join(data_dir, class_name, quoted + ".sqlite3")
+    """The database file of room ``name`` of class ``class_name``: every name maps to a valid,
+    distinct file name inside ``<data_dir>/<class_name>/`` (see :mod:`fastws.rooms.names`)."""
+    return os.path.join(data_dir, class_name, room_file_stem(name) + ".sqlite3")
+
+
+def legacy_room_path(data_dir: str, class_name: str, name: str) -> str:
+    """Where fastws <= wave 2 kept the file (moved to :func:`room_path` on open)."""
+    return os.path.join(data_dir, class_name, legacy_room_file_stem(name) + ".sqlite3")
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
@@ -202,11 +201,15 @@ def _prefix_end(prefix: str) -> str | None:
 class _Db:
     """The SQLite side (runs on pool threads, one job at a time per room)."""
 
-    __slots__ = ("path", "quota", "synchronous", "conn", "page_size", "pages", "error", "name")
+    __slots__ = ("path", "quota", "synchronous", "conn", "page_size", "pages", "error", "name", "legacy",
+                 "absent")
 
-    def __init__(self, path: str, quota: int, synchronous: str, name: str | None = None) -> None:
+    def __init__(self, path: str, quota: int, synchronous: str, name: str | None = None,
+                 legacy: str | None = None) -> None:
         self.name = name
         self.path = path
+        self.legacy = legacy  # an older file name of this room's database (moved to path)
+        self.absent = False  # no file yet: reads see an empty room, the first write creates it
         self.quota = quota
         self.synchronous = synchronous
         self.conn: sqlite3.Connection | None = None
@@ -215,10 +218,33 @@ class _Db:
         self.error: StorageError | None = None
 
     def open(self) -> dict[str, Any]:
+        """Open the file if there is one; a room that never wrote has none (and gets none until
+        it writes: an attacker walking room names leaves nothing on disk)."""
         if self.conn is not None:
             return self._meta()
         if self.error is not None:
             raise self.error
+        if self.legacy and self.legacy != self.path and not os.path.exists(self.path) \
+                and os.path.exists(self.legacy):
+            self._move_legacy()
+        if not os.path.exists(self.path):
+            self.absent = True
+            self.pages = 0
+            return {}
+        return self._connect()
+
+    def _move_legacy(self) -> None:
+        assert self.legacy is not None
+        try:
+            for suffix in ("-wal", "-shm", ""):  # the main file last: its presence means moved
+                if os.path.exists(self.legacy + suffix):
+                    os.replace(self.legacy + suffix, self.path + suffix)
+        except OSError as exc:
+            raise StorageError(f"cannot move {self.legacy} to {self.path}: {exc}") from None
+        logger.info("fastws.rooms: moved %s to %s (the new file name scheme)", self.legacy, self.path)
+
+    def _connect(self) -> dict[str, Any]:
+        self.absent = False
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -253,14 +279,18 @@ class _Db:
         assert self.conn is not None
         return {k: v for k, v in self.conn.execute("SELECT key, value FROM _fastws_meta")}
 
-    def _c(self) -> sqlite3.Connection:
+    def _c(self, create: bool = True) -> sqlite3.Connection | None:
         if self.conn is None:
             self.open()
-        assert self.conn is not None
+            if self.conn is None:
+                if not create:
+                    return None  # no file: nothing to read
+                self._connect()
         return self.conn
 
     def commit(self, kv: dict[str, Any], meta: dict[str, Any], delete_all: bool) -> int:
         conn = self._c()
+        assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
             if delete_all:
@@ -287,8 +317,10 @@ class _Db:
         return int(self.pages * self.page_size)
 
     def get(self, keys: list[str]) -> dict[str, Any]:
-        conn = self._c()
+        conn = self._c(create=False)
         out: dict[str, Any] = {}
+        if conn is None:
+            return out
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             marks = ",".join("?" * len(chunk))
@@ -298,7 +330,9 @@ class _Db:
 
     def list_range(self, start: str | None, end: str | None, limit: int | None,
                    reverse: bool) -> list[tuple[str, Any]]:
-        conn = self._c()
+        conn = self._c(create=False)
+        if conn is None:
+            return []
         where: list[str] = []
         args: list[Any] = []
         if start is not None:
@@ -318,6 +352,7 @@ class _Db:
 
     def sql(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         conn = self._c()
+        assert conn is not None
         try:
             cur = conn.execute(query, args)
             rows = cur.fetchall()
@@ -350,13 +385,14 @@ class Storage:
 
     def __init__(self, path: str, loop: asyncio.AbstractEventLoop, *, quota: int = 1 << 30,
                  synchronous: str = "FULL", on_commit: Callable[[int], None] | None = None,
-                 on_failure: Callable[[int, BaseException], None] | None = None, name: str | None = None) -> None:
+                 on_failure: Callable[[int, BaseException], None] | None = None, name: str | None = None,
+                 legacy_path: str | None = None) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = path
         self.quota = quota
         self._loop = loop
-        self._db = _Db(path, quota, synchronous.upper(), name)
+        self._db = _Db(path, quota, synchronous.upper(), name, legacy_path)
         self._chain = _Chain(loop)
         self._kv: dict[str, Any] = {}  # staged: key -> (encoded, bin) | _DELETE
         self._meta: dict[str, Any] = {}

@@ -610,3 +610,22 @@ def test_connect_and_bench_over_tls(tmp_path):
         assert doc["metrics"]["messages_received"] == 40
     finally:
         assert srv.stop() == 0
+
+
+def test_serve_room_limits_flags():
+    for flag, value, msg in (("--max-rooms", "many", "--max-rooms must be a whole number"),
+                             ("--new-rooms-per-ip", "fast", "--new-rooms-per-ip: invalid rate")):
+        p = run("serve", "examples.chat:app", "--port", "0", flag, value)
+        assert p.returncode == 2 and msg in one_error_line(p)
+    # the flags reach the room router: one new room per IP per minute
+    s = Server("examples.chat:app", "--max-rooms", "2", "--new-rooms-per-ip", "1/min")
+    try:
+        def status(path: str) -> int:
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+                c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                return int(c.recv(4096).split()[1])
+        assert status("/a") == 200
+        assert status("/b") == 429          # the second new room from this IP within the minute
+        assert status("/a") == 200          # the room in memory still answers
+    finally:
+        s.stop()
