@@ -467,9 +467,13 @@ def negotiate_deflate_client(value: list[str], opts: CompressionOptions | None) 
 
 
 class _RequestCallbacks:
-    __slots__ = ("url", "headers", "complete", "count", "error", "body", "done", "max_body")
+    __slots__ = ("url", "headers", "complete", "count", "error", "body", "done", "max_body", "parser", "method",
+                 "version")
 
     def __init__(self, max_body: int) -> None:
+        self.parser: httptools.HttpRequestParser | None = None
+        self.method = b""   # of the first request (the parser's own moves on to a pipelined one)
+        self.version = "1.1"
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.count = 0
@@ -479,10 +483,16 @@ class _RequestCallbacks:
         self.max_body = max_body
         self.error: HandshakeError | None = None  # raised in a callback; httptools wraps it
 
+    # A connection carries one plain HTTP request (its answer closes it) or one upgrade: the
+    # callbacks ignore what a pipelined second request would add once the first is whole.
+
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        if not self.complete:
+            self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
         self.count += 1
         if self.count > MAX_HEADERS:
             self.error = HandshakeError(431, "Too many headers")
@@ -490,9 +500,15 @@ class _RequestCallbacks:
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if not self.complete and self.parser is not None:
+            self.method = self.parser.get_method()
+            self.version = self.parser.get_http_version()
+            self.parser = None  # no cycle parser <-> callbacks to leave to the GC
         self.complete = True
 
     def on_body(self, body: bytes) -> None:
+        if self.done:
+            return
         if self.body is None:
             self.body = bytearray()
         if len(self.body) + len(body) > self.max_body:
@@ -526,6 +542,7 @@ class ServerHandshake:
         self._cb = _RequestCallbacks(max_body_size)
         self._head_size = 0
         self._parser = httptools.HttpRequestParser(self._cb)
+        self._cb.parser = self._parser
         self._size = 0
         self.max_header_size = max_header_size
         self.request: Request | None = None
@@ -559,7 +576,10 @@ class ServerHandshake:
                     raise HandshakeError(431, "Request Header Fields Too Large") from None
                 reason = str(exc).split(":")[-1].strip() or "malformed request"
                 raise HandshakeError(400, f"Malformed HTTP request: {reason}") from None
-            self.offset = len(data)
+            if not self._cb.done:  # the head parsed, its body (in the same chunk) did not
+                reason = str(exc).split(":")[-1].strip() or "malformed body"
+                raise HandshakeError(400, f"Malformed HTTP request: {reason}") from None
+            self.offset = len(data)  # whatever follows a whole request is never read
         head_size = self._size - (len(data) - self.offset)
         if self._cb.body is not None:
             head_size -= len(self._cb.body)  # body bytes that came with the head
@@ -569,13 +589,13 @@ class ServerHandshake:
             return None
         if head_size > self.max_header_size:
             raise HandshakeError(431, "Request Header Fields Too Large")
-        p = self._parser
+        cb = self._cb
         try:
-            target = self._cb.url.decode("latin-1")
+            target = cb.url.decode("latin-1")
         except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
             raise HandshakeError(400, "Malformed request target") from None
-        request = Request(p.get_method().decode("latin-1"), target, Headers(self._cb.headers),
-                          p.get_http_version())
+        request = Request(cb.method.decode("latin-1"), target, Headers(cb.headers), cb.version)
+        _check_framing(request)
         self.request = request
         if not self.upgrade and not self._cb.done and _has_body(request.headers):
             # a plain request with a body still to come: hand it over once it is whole
@@ -600,6 +620,26 @@ class ServerHandshake:
             return None
         request.body = bytes(self._cb.body) if self._cb.body is not None else b""
         return request
+
+
+def _check_framing(request: Request) -> None:
+    """What RFC 9112 says a server must refuse (llhttp refuses the rest: Content-Length with
+    Transfer-Encoding, duplicate or bad Content-Length, bad chunked framing).
+
+    Raises:
+        HandshakeError: 400 for an HTTP/1.1 request without exactly one Host header, or with a
+            Transfer-Encoding whose last coding is not ``chunked``.
+    """
+    headers = request.headers
+    if request.http_version == "1.1":
+        hosts = headers.get_all("host")
+        if len(hosts) != 1:
+            raise HandshakeError(400, "Missing Host header" if not hosts else "Duplicate Host header")
+    te = headers.get_all("transfer-encoding")
+    if te:
+        codings = [c.strip().lower() for v in te for c in v.split(",") if c.strip()]
+        if not codings or codings[-1] != "chunked":
+            raise HandshakeError(400, "Unsupported Transfer-Encoding (only chunked)")
 
 
 def _has_body(headers: Headers) -> bool:
