@@ -1050,6 +1050,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         double _last_recv
         double _opened_at
         double _ping_sent
+        double _paused_since            # when the peer stopped reading what we write (0: it reads)
         bytes _ping_payload
         double _deadline                #: closing / failing / handshake deadline
         readonly double latency         #: seconds of the last keepalive ping round trip
@@ -1430,6 +1431,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         # Stop reading until the peer reads what we wrote: a listener cannot await, and
         # whatever the API, a peer must not make us answer (pongs...) faster than it reads.
         self._paused_writing = True
+        self._paused_since = _now()
         self._block_reading(READ_WRITE, True)
         if self._listener is not None:
             cb = getattr(self._listener, "on_pause_writing", None)
@@ -1438,6 +1440,7 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
 
     def resume_writing(self):
         self._paused_writing = False
+        self._paused_since = 0.0
         if self._drain_waiter is not None:
             if not self._drain_waiter.done():
                 self._drain_waiter.set_result(None)
@@ -2036,6 +2039,13 @@ cdef class Connection(_Base, asyncio.BufferedProtocol):
         if self._read_block & (READ_QUEUE | READ_WRITE):
             # we stopped reading ourselves (backpressure): silence proves nothing
             self._last_recv = now
+            if (self._read_block & READ_WRITE and self._paused_since > 0 and ep.ping_interval > 0
+                    and ep.ping_timeout > 0 and now - self._paused_since >= ep.ping_interval + ep.ping_timeout):
+                # but a peer that has not read what we wrote for as long as keepalive would
+                # wait for a pong is as gone as one that does not answer pings (a flooder that
+                # never reads its pongs, a stuck consumer): close it, bounded by close_timeout
+                logger.debug("fastws: peer stopped reading %s", self.remote_address)
+                self._fail_now(1011, "peer does not read")
             return 0
         if ep.idle_timeout > 0 and now - self._last_recv >= ep.idle_timeout:
             self._close_now(1001, "idle timeout")

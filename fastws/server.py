@@ -269,6 +269,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self.endpoint.loop = loop
         await _call_hook(self.app, "fastws_startup", self)
+        self._warn_open_metrics()
         if self.metrics_port is not None and self._metrics_server is None:
             self._metrics_server = Server(None, self.host, self.metrics_port, accept=self.observability.fastws_accept,
                                           metrics=False, health=False, compression=False)
@@ -292,6 +293,27 @@ class Server:
             self._server = await create_server(self._factory, self.host, self.port, ssl=self.ssl,
                                                backlog=self.backlog, **kw)
         return self
+
+    def _warn_open_metrics(self) -> None:
+        """Metrics, analytics and the dashboard stay open by default (for a Prometheus next to
+        the server); on an address other hosts can reach, with no token, say so once."""
+        obs = self.observability
+        paths = [p for p in obs.routes if p not in ("/healthz", "/readyz")]
+        if not paths or obs.token:
+            return
+        host = self.host
+        if self.sock is not None:
+            try:
+                host = self.sock.getsockname()[0]
+            except OSError:
+                return
+        if _is_loopback(host):
+            return
+        where = f"port {self.metrics_port}" if self.metrics_port is not None else "the main port"
+        logger.warning("fastws: %s on %s of %s are open to anyone who can reach it (traffic figures and "
+                       "room names): set metrics_token (--metrics-token), or serve them on a private "
+                       "interface (metrics_port), or turn them off (metrics=False, --no-metrics)",
+                       ", ".join(sorted(paths)), where, host or "every interface")
 
     def _listen_sockets(self) -> list[socket.socket]:
         if self.sock is not None:
@@ -617,3 +639,17 @@ class _Runner:
         finally:
             asyncio.set_event_loop(None)
             self.loop.close()
+
+
+def _is_loopback(host: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; False for every interface ("", 0.0.0.0, ::)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

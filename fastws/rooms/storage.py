@@ -77,6 +77,13 @@ def _get_pool() -> concurrent.futures.ThreadPoolExecutor:
 _connected: dict[Storage, None] = {}
 MAX_CONNECTIONS = int(os.environ.get("FASTWS_ROOM_MAX_DBS", "1000"))
 IDLE_CLOSE = 10.0  # seconds without an operation before a room's connection is closed
+# SQLite's page cache per open connection (KiB). Its own default (2 MiB) times MAX_CONNECTIONS
+# would let rooms with data pin 2 GiB; the kernel's page cache keeps the files warm anyway.
+CACHE_KIB = int(os.environ.get("FASTWS_ROOM_DB_CACHE_KIB", "512"))
+# and all of SQLite's memory in this process (page caches included) is kept near this soft limit:
+# SQLite frees cache pages past it, however many rooms are open
+HEAP_MIB = int(os.environ.get("FASTWS_ROOM_DB_HEAP_MIB", "64"))
+_heap_limit_set = False
 
 
 def _ignore_result(fut: asyncio.Future[Any]) -> None:
@@ -255,6 +262,11 @@ class _Db:
             if mode.lower() != "wal":
                 raise sqlite3.DatabaseError(f"journal_mode is {mode}, not wal")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA cache_size=-{max(64, CACHE_KIB)}")
+            global _heap_limit_set
+            if not _heap_limit_set and HEAP_MIB > 0:
+                conn.execute(f"PRAGMA soft_heap_limit={HEAP_MIB << 20}")  # process-wide
+                _heap_limit_set = True
             self.page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             # hard cap (a backstop behind put()'s estimate, and the limit for sql() writes)
             conn.execute(f"PRAGMA max_page_count={max(16, (self.quota + self.quota // 4) // self.page_size)}")
