@@ -18,8 +18,10 @@ Anything else (another exception, a crash, a hang past ``-timeout``, RSS over ``
 a finding: libFuzzer writes the input to ``benchmarks/fuzz-findings/<target>/``; copy it to
 ``tests/unit/fuzz_corpus/<target>/`` once fixed, where ``tests/unit/test_handshake_fuzz.py`` and
 ``tests/unit/test_frames.py`` replay it. A merged, minimised corpus of what the run covered goes to
-``--corpus-out`` if given. Atheris instruments the Python modules it imports (the handshake is
-Python; the frame engine is C, so there the guidance comes from the Python around it only).
+``--corpus-out`` if given. Atheris instruments the Python modules it imports (the handshake); with
+clang installed (Debian's ``clang``), the C frame engine is rebuilt in a temporary copy of the
+package with ``-fsanitize=fuzzer-no-link`` and libFuzzer preloaded, so its branches guide the
+mutations too (``--no-native`` skips that).
 """
 
 from __future__ import annotations
@@ -106,7 +108,39 @@ def seeds(name: str) -> list[bytes]:
     return [b"\x04" + frame(1, z[:-4], rsv1=True), b"\x02" + frame(2, z[:-4], rsv1=True) + frame(1, b"plain")]
 
 
+def native_tree(tmp: str) -> tuple[str, str] | None:
+    """A copy of the package whose frame engine (``_frames.c``, which Cython generated) is built
+    by clang with ``-fsanitize=fuzzer-no-link``, and a shared libFuzzer (from clang's
+    ``libclang_rt.fuzzer_no_main``) to LD_PRELOAD, so libFuzzer sees the C engine's coverage.
+    None when clang or the runtime is missing (the C engine is then fuzzed without guidance)."""
+    import shutil
+    import sysconfig
+
+    clang = shutil.which("clang")
+    src = os.path.join(ROOT, "fastws", "_frames.c")
+    if not clang or not os.path.exists(src):
+        return None
+    res = subprocess.run([clang, "-print-resource-dir"], capture_output=True, text=True).stdout.strip()
+    rt = os.path.join(res, "lib", "linux", "libclang_rt.fuzzer_no_main-x86_64.a")
+    if not os.path.exists(rt):
+        return None
+    tree = os.path.join(tmp, "tree")
+    shutil.copytree(os.path.join(ROOT, "fastws"), os.path.join(tree, "fastws"),
+                    ignore=shutil.ignore_patterns("*.c", "*.html", "__pycache__"))
+    so = next(f for f in os.listdir(os.path.join(ROOT, "fastws")) if f.startswith("_frames.") and f.endswith(".so"))
+    subprocess.run([clang, "-shared", "-fPIC", "-O1", "-fsanitize=fuzzer-no-link",
+                    "-I" + sysconfig.get_paths()["include"], "-I" + os.path.join(ROOT, "fastws"), src,
+                    "-o", os.path.join(tree, "fastws", so), "-lz"], check=True)
+    lib = os.path.join(tmp, "libfuzzer.so")
+    subprocess.run([clang + "++" if os.path.exists(clang + "++") else "clang++", "-shared", "-fPIC", "-o", lib,
+                    "-Wl,--whole-archive", rt, "-Wl,--no-whole-archive"], check=True)
+    return tree, lib
+
+
 def child(name: str, seconds: int, corpus: str, findings: str) -> None:
+    tree = os.environ.get("FASTWS_FUZZ_TREE")
+    if tree:
+        sys.path.insert(0, tree)   # the instrumented engine first
     import atheris
 
     with atheris.instrument_imports():
@@ -128,6 +162,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=120, help="per target")
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--corpus-out", default="", help="write the merged corpus of each target under this directory")
+    p.add_argument("--no-native", action="store_true", help="do not build the instrumented C engine")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--corpus", default="", help=argparse.SUPPRESS)
     p.add_argument("--findings", default="", help=argparse.SUPPRESS)
@@ -136,6 +171,13 @@ def main() -> None:
         child(a.child, a.seconds, a.corpus, a.findings)
         return
     summary = []
+    build = tempfile.mkdtemp(prefix="fuzz-build-")
+    native = None if a.no_native else native_tree(build)
+    env = dict(os.environ)
+    if native is not None:
+        env["FASTWS_FUZZ_TREE"], env["LD_PRELOAD"] = native
+    print(f"C engine: {'instrumented (clang -fsanitize=fuzzer-no-link)' if native else 'not instrumented'}",
+          file=sys.stderr)
     for name in a.targets.split(","):
         corpus = tempfile.mkdtemp(prefix=f"fuzz-{name}-")
         for i, s in enumerate(seeds(name)):
@@ -151,7 +193,7 @@ def main() -> None:
         t0 = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "benchmarks.fuzz", "--child", name, "--seconds", str(a.seconds),
                                "--corpus", corpus, "--findings", findings], cwd=ROOT, capture_output=True, text=True,
-                              timeout=a.seconds + 120)
+                              timeout=a.seconds + 120, env=env)
         wall = time.monotonic() - t0
         stats = [ln for ln in proc.stderr.splitlines() if ln.startswith("stat::") or "DONE" in ln]
         found = sorted(os.listdir(findings))

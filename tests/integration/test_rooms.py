@@ -310,7 +310,8 @@ class FirehoseClose(Firehose):
 async def test_slow_consumer_does_not_stall_the_room(serve, tmp_path, policy):
     Firehose.drops = []
     cls = Firehose if policy == "drop" else FirehoseClose
-    server = await serve(RoomRouter(cls, data_dir=str(tmp_path)), ping_interval=None, close_timeout=1.0)
+    router = RoomRouter(cls, data_dir=str(tmp_path))
+    server = await serve(router, ping_interval=None, close_timeout=1.0)
     fast = await fastws.connect(server.url + "/h", max_size=1 << 20)
     # a raw client that completes the handshake and then never reads
     host, port = server.address
@@ -329,6 +330,10 @@ async def test_slow_consumer_does_not_stall_the_room(serve, tmp_path, policy):
         assert len(await asyncio.wait_for(fast.recv(), T)) == 65536
         received += 1
     assert received == N_FRAMES
+    # what the server holds for the member that never reads stays bounded (max_buffered plus
+    # about one message), though 12.5 MiB were broadcast past it
+    held = max(s.conn.buffered_amount for s in router.slot("h").sockets if s.conn is not None)
+    assert held <= (1 << 20) + 2 * 65536, held
     await publisher.send("stats")
     reply = await asyncio.wait_for(publisher.recv(), T)
     if policy == "drop":

@@ -95,3 +95,42 @@ def test_fuzzer_corpus(name):
         data = f.read()
     for cuts in ([], [1], [len(data) // 2], list(range(0, len(data), 7))):
         run_handshake(data, cuts)
+
+
+# ------------------------------------------------------------------ the frame engine's corpus
+
+def _frames_corpus() -> list[tuple[str, str]]:
+    base = os.path.dirname(CORPUS)
+    out = []
+    for target in ("frames", "deflate"):
+        d = os.path.join(base, target)
+        if os.path.isdir(d):
+            out += [(target, n) for n in sorted(os.listdir(d))]
+    return out
+
+
+@pytest.mark.parametrize("target,name", _frames_corpus() or [("none", "(empty)")])
+def test_frame_engine_corpus(target, name):
+    """Inputs the coverage-guided fuzzer kept (first byte: where the input is cut in two): the
+    engine gives events or ProtocolError with 1002, 1007 or 1009, in one piece or two."""
+    if target == "none":
+        return
+    from fastws._frames import Deflate, FrameParser
+    from fastws.exceptions import ProtocolError
+
+    with open(os.path.join(os.path.dirname(CORPUS), target, name), "rb") as f:
+        data = f.read()
+    cut, body = (data[0], data[1:]) if data else (0, b"")
+    outcomes = []
+    for pieces in ([body], [body[:cut], body[cut:]]):
+        parser = FrameParser(is_client=False, max_size=(64 << 10) if target == "deflate" else 4096,
+                             deflate=Deflate(is_client=False) if target == "deflate" else None)
+        events = []
+        try:
+            for p in pieces:
+                events += parser.feed_data(p)
+            outcomes.append(("ok", events))
+        except ProtocolError as exc:
+            assert exc.code in (1002, 1007, 1009)
+            outcomes.append(("error", events + list(exc.events or []), exc.code))
+    assert outcomes[0] == outcomes[1]   # where the bytes are cut changes nothing
