@@ -24,6 +24,7 @@ import orjson
 
 from fastws._limits import BucketTable
 from fastws.cluster import Cluster, RoomUnavailable, cluster_from_env, decode_response
+from fastws.guards.ip import rate_key
 from fastws.guards.ratelimit import RateLimit
 from fastws.handshake import Request, Response
 from fastws.metrics import RoomInfo, recorder
@@ -400,7 +401,7 @@ class RoomRouter:
         table = self._new_rooms
         if table is not None:
             ip = request.scope.get("client_ip") or (request.remote_address[0] if request.remote_address else "")
-            wait = table.hit(str(ip))
+            wait = table.hit(rate_key(str(ip)))  # IPv6: per /64, as the connection rate
             if wait:
                 recorder.guard("rate_limited", "new_rooms")
                 return Response(429, "Too many new rooms from this address\n",
