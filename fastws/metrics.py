@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from fastws.accept import Accept
 from fastws.exceptions import ConnectionClosed, HandshakeError
 from fastws.handshake import Request, Response
 
@@ -372,8 +373,6 @@ class Observability:
         if not request.is_websocket:
             raise HandshakeError(426, "Expected WebSocket", [("Upgrade", "websocket")])
         self._authorize(request)
-        from fastws.server import Accept
-
         return Accept(handler=self._run_feed, compression=False)
 
     async def _run_feed(self, ws: Any) -> None:

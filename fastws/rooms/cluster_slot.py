@@ -51,7 +51,7 @@ from fastws.rooms.storage import _DELETE, StorageError, StorageFull, Transaction
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastws.cluster import Cluster
-    from fastws.rooms.router import _Namespace
+    from fastws.rooms.room import _Namespace
 
 __all__ = ["ClusterSlot", "RemoteSocket", "RedisStorage"]
 

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -37,11 +37,23 @@ from fastws.metrics import recorder
 from fastws.rooms.storage import _DELETE, Storage, StorageError, StorageFull, legacy_room_path, room_path
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fastws.cluster import Cluster
     from fastws.connection import Connection, Message
     from fastws.handshake import Request
-    from fastws.rooms.router import _Namespace
 
 __all__ = ["Room", "RoomSocket", "RoomSlot", "AlarmInfo", "AttachmentTooLarge"]
+
+
+class _Namespace(Protocol):
+    """What a slot needs of the registry that holds it (``fastws.rooms.router._Namespace``, the
+    layer above, which this module does not import)."""
+
+    room_class: type[Room]
+    data_dir: str
+    loop: asyncio.AbstractEventLoop
+    cluster: Cluster | None
+    slots: dict[str, RoomSlot]
+    _evicting: set[asyncio.Task[None]]
 
 logger = logging.getLogger("fastws.rooms")
 

@@ -1,0 +1,40 @@
+"""The layer below does not know the one above: no import (at module level, inside a function or
+for type checking) from a lower module to a higher one."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fastws")
+
+# (module file, modules it must not import)
+RULES = [
+    ("metrics.py", {"fastws.server", "fastws.app", "fastws.cli"}),
+    ("accept.py", {"fastws.server", "fastws.metrics", "fastws.app"}),
+    ("handshake.py", {"fastws.server", "fastws.metrics", "fastws.app", "fastws.rooms"}),
+    ("rooms/room.py", {"fastws.rooms.router", "fastws.server", "fastws.app"}),
+    ("rooms/storage.py", {"fastws.rooms.room", "fastws.rooms.router", "fastws.server"}),
+    ("rooms/names.py", {"fastws.rooms.room", "fastws.rooms.router", "fastws.rooms.storage"}),
+]
+
+
+def imported(path: str) -> set[str]:
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize("module,forbidden", RULES)
+def test_no_upward_imports(module, forbidden):
+    names = imported(os.path.join(ROOT, module))
+    bad = {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
+    assert not bad, f"fastws/{module} imports {sorted(bad)}"
