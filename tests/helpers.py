@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import struct
+import time
 
 from tests.conftest import MS  # noqa: F401  (re-export)
 
@@ -65,3 +66,12 @@ async def read_http_response(reader, timeout: float = 5.0) -> tuple[int, dict[st
     if "content-length" in headers:
         body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), timeout)
     return status, headers, body
+
+
+async def until(predicate, timeout: float = 5.0, step: float = 0.01) -> None:
+    """Wait (bounded) until ``predicate()`` is true; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(step)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import orjson
 import pytest
@@ -15,17 +14,11 @@ import pytest
 import fastws
 from fastws.guards import RateLimit
 from fastws.rooms import Room, RoomRouter
-from tests.helpers import raw_connect, read_http_response, upgrade_request
+from tests.helpers import raw_connect, read_http_response, until, upgrade_request
 
 T = 5.0
 
 
-async def until(predicate, timeout=T):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def http(server, target: str, upgrade: bool = False) -> tuple[int, dict[str, str], bytes]:

@@ -12,17 +12,11 @@ import pytest
 
 import fastws
 from fastws.rooms import Room, RoomRouter
+from tests.helpers import until
 
 T = 5.0
 
 
-async def until(predicate, timeout=T):
-    """Wait (bounded) until predicate() is true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------- alarms
