@@ -5,7 +5,7 @@ high-level ``async for`` API and a zero-copy listener API.
 """
 
 from fastws._frames import CloseCode, Opcode
-from fastws._protocol import broadcast
+from fastws._fanout import broadcast
 from fastws.auth import JWTAuth
 from fastws.client import connect
 from fastws.connection import Connection, Listener, Message

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""C-level contract of the frame engine, cimported by _protocol.pyx.
+"""C-level contract of the frame engine, cimported by the protocol layer (_protocol, _output, _fanout).
 
 Only what the protocol layer calls without going through Python lives here;
 buffers and helpers stay private to _frames.pyx.
@@ -7,6 +7,7 @@ buffers and helpers stay private to _frames.pyx.
 
 from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 
 cdef extern from "_speedups.h":
@@ -112,6 +113,9 @@ cdef class FrameParser:
         public int ev_close_code
 
     cdef int next_event(self, uint8_t* data, Py_ssize_t n, Py_ssize_t* consumed) except -1
+    cdef inline bint in_payload(self):
+        """True between a frame's header and the end of its payload."""
+        return self._in_payload
     cdef bint direct_needs_room(self)
     cdef uint8_t* direct_target(self, Py_ssize_t* size, Py_ssize_t avail)
     cdef int direct_written(self, Py_ssize_t n) except -1
@@ -145,6 +149,15 @@ cdef class FrameWriter:
     cdef void clear(self)
     cdef inline Py_ssize_t size(self):
         return self._len
+    cdef inline const uint8_t* data(self):
+        """The frames written so far (``size()`` bytes; valid until the next write or clear)."""
+        return self._data
+    cdef inline int append_raw(self, const uint8_t* p, Py_ssize_t n) except -1:
+        """Append bytes that are already whole frames (a broadcast's pre-built frame)."""
+        self.reserve(n)
+        memcpy(self._data + self._len, p, n)
+        self._len += n
+        return 0
 
 
 cdef Py_ssize_t write_header(uint8_t* out, int opcode, bint fin, bint rsv1, Py_ssize_t n, const uint8_t* key) noexcept

@@ -1,66 +1,17 @@
 """Type stubs for the protocol layer (fastws/_protocol.pyx)."""
 
 import asyncio
-import builtins
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastws._endpoint import Endpoint
 from fastws._frames import Deflate
+from fastws._message import Message
 from fastws.handshake import Headers, Request
 
 def monotonic() -> float:
     """The clock the timeouts use (seconds)."""
-
-class Message:
-    """A received message handed to ``Listener.on_message``: a zero-copy view valid only during the call.
-
-    Supports the buffer protocol; ``bytes()`` / ``text()`` copy the payload out.
-    """
-
-    opcode: int
-    @property
-    def is_text(self) -> bool: ...
-    @property
-    def is_binary(self) -> bool: ...
-    def __len__(self) -> int: ...
-    def bytes(self) -> builtins.bytes: ...
-    def text(self) -> str: ...
-    def data(self) -> str | builtins.bytes: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
-
-class Endpoint:
-    """Settings and shared state of the connections of one server (or of one client connection)."""
-
-    is_client: bool
-    max_size: int
-    max_queue: int
-    write_limit: int
-    max_write_buffer: int
-    ping_interval: float
-    ping_timeout: float
-    idle_timeout: float
-    close_timeout: float
-    handshake_timeout: float
-    max_header_size: int
-    compression: Any
-    accept: Callable[[Connection, Request], Any] | None
-    loop: asyncio.AbstractEventLoop | None
-    connections: set[Connection]
-    draining: bool
-    stats_enabled: bool
-    """Keep the latency and duration histograms (the counters are always kept)."""
-    def __init__(self, is_client: bool = False, *, max_size: int = ..., max_queue: int = ..., write_limit: int = ...,
-                 max_write_buffer: int = ..., ping_interval: float = ..., ping_timeout: float = ...,
-                 idle_timeout: float = ..., close_timeout: float = ..., handshake_timeout: float = ...,
-                 max_header_size: int = ..., compression: Any = None, accept: Any = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None: ...
-    def stop(self) -> None: ...
-    def stats(self) -> dict[str, Any]:
-        """A snapshot of the endpoint's C-level counters and histograms: attempted, established,
-        failed, closed, active, http_requests, messages/bytes received and sent, errors,
-        auto_responses, broadcasts, broadcast_skipped, close_codes, refused (by status),
-        latency and duration (cumulative buckets, sum, count; seconds)."""
 
 class Connection(asyncio.BufferedProtocol):
     """One WebSocket connection: the protocol the loop drives and the ``ws`` object handlers receive."""
@@ -130,29 +81,5 @@ class Connection(asyncio.BufferedProtocol):
     def __anext__(self) -> asyncio.Future[str | bytes]: ...
     def _going_away(self, code: int = 1001, reason: str = "server shutting down") -> None: ...
 
-class SocketTransport:
-    """fastws' own transport over a non-blocking TCP socket (created by the server)."""
-
-    def write(self, data: bytes | bytearray | memoryview) -> None: ...
-    def writelines(self, lines: Any) -> None: ...
-    def write_eof(self) -> None: ...
-    def can_write_eof(self) -> bool: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def is_closing(self) -> bool: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def is_reading(self) -> bool: ...
-    def get_write_buffer_size(self) -> int: ...
-    def get_write_buffer_limits(self) -> tuple[int, int]: ...
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
-    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
-    def get_protocol(self) -> Connection: ...
-
 def attach_socket(endpoint: Endpoint, sock: socket.socket, peername: Any, conn: Connection | None = None) -> Connection:
     """Run a WebSocket connection (a server one, or the client ``conn``) on fastws' own transport."""
-
-def broadcast(connections: Iterable[Connection], data: str | bytes | bytearray | memoryview, *,
-              exclude: Connection | None = None, max_buffer: int = 0) -> list[Connection]:
-    """Frame ``data`` once and send it to every open connection (corked to the end of the loop turn);
-    returns the connections skipped because their buffered bytes would exceed ``max_buffer``."""

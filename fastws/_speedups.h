@@ -12,6 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* This header is included by every engine module that cimports _frames.pxd; not all of them
+   call every helper. */
+#if defined(__GNUC__)
+#define FASTWS_MAYBE_UNUSED __attribute__((unused))
+#else
+#define FASTWS_MAYBE_UNUSED
+#endif
+
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
 #define FASTWS_X86 1
 #include <immintrin.h>
@@ -30,7 +38,7 @@ static inline void fastws_mask_tail(uint8_t *dst, const uint8_t *src, size_t n,
         dst[i] = src[i] ^ k4[i & 3];
 }
 
-static void fastws_mask_words(uint8_t *dst, const uint8_t *src, size_t n,
+FASTWS_MAYBE_UNUSED static void fastws_mask_words(uint8_t *dst, const uint8_t *src, size_t n,
                               const uint8_t *k4)
 {
     uint64_t k8;
@@ -60,7 +68,7 @@ static void fastws_mask_words(uint8_t *dst, const uint8_t *src, size_t n,
 }
 
 #ifdef FASTWS_X86
-static void fastws_mask_sse2(uint8_t *dst, const uint8_t *src, size_t n,
+FASTWS_MAYBE_UNUSED static void fastws_mask_sse2(uint8_t *dst, const uint8_t *src, size_t n,
                              const uint8_t *k4)
 {
     int32_t k;
@@ -85,7 +93,7 @@ static void fastws_mask_sse2(uint8_t *dst, const uint8_t *src, size_t n,
 }
 
 __attribute__((target("avx2")))
-static void fastws_mask_avx2(uint8_t *dst, const uint8_t *src, size_t n,
+FASTWS_MAYBE_UNUSED static void fastws_mask_avx2(uint8_t *dst, const uint8_t *src, size_t n,
                              const uint8_t *k4)
 {
     int32_t k;
@@ -109,11 +117,11 @@ static void fastws_mask_avx2(uint8_t *dst, const uint8_t *src, size_t n,
     fastws_mask_sse2(dst + i, src + i, n - i, k4);
 }
 
-static int fastws_have_avx2 = -1;
+FASTWS_MAYBE_UNUSED static int fastws_have_avx2 = -1;
 #endif
 
 /* Name of the masking kernel in use, for benchmark reports. */
-static const char *fastws_mask_impl(void)
+FASTWS_MAYBE_UNUSED static const char *fastws_mask_impl(void)
 {
 #ifdef FASTWS_X86
     if (fastws_have_avx2 < 0)
@@ -124,7 +132,7 @@ static const char *fastws_mask_impl(void)
 #endif
 }
 
-static void fastws_mask(uint8_t *dst, const uint8_t *src, size_t n,
+FASTWS_MAYBE_UNUSED static void fastws_mask(uint8_t *dst, const uint8_t *src, size_t n,
                         const uint8_t *key, size_t offset)
 {
     uint8_t k4[4];
@@ -155,7 +163,7 @@ static void fastws_mask(uint8_t *dst, const uint8_t *src, size_t n,
  * invalid byte. */
 #define FASTWS_UTF8_ACCEPT 0u
 
-static int fastws_utf8_validate(uint32_t *state, const uint8_t *p, size_t n)
+FASTWS_MAYBE_UNUSED static int fastws_utf8_validate(uint32_t *state, const uint8_t *p, size_t n)
 {
     uint32_t st = *state;
     uint32_t need = st & 0xff, lo = (st >> 8) & 0xff, hi = (st >> 16) & 0xff;

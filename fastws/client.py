@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastws._protocol import Connection, Endpoint, attach_socket
+from fastws._endpoint import Endpoint
+from fastws._protocol import Connection, attach_socket
 from fastws.exceptions import ConnectionClosed, InvalidHandshake
 from fastws.handshake import ClientHandshake, CompressionOptions
 from fastws.server import compression_options

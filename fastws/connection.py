@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastws._protocol import Connection, Message
+from fastws._message import Message
+from fastws._protocol import Connection
 
 __all__ = ["Connection", "Message", "Listener"]
 

@@ -34,7 +34,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastws import handshake as _hs
-from fastws._protocol import Connection, Endpoint
+from fastws._endpoint import Endpoint
+from fastws._protocol import Connection
 from fastws.client import header_list, open_connection, parse_url
 from fastws.connection import Listener, Message
 from fastws.exceptions import ConnectionClosed, FastWSError, HandshakeError, InvalidHandshake

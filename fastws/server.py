@@ -19,7 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastws._protocol import Connection, Endpoint, attach_socket
+from fastws._endpoint import Endpoint
+from fastws._protocol import Connection, attach_socket
 from fastws.accept import Accept, Handler
 from fastws.connection import Listener
 from fastws.exceptions import HandshakeError

@@ -14,7 +14,8 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from fastws._protocol import Connection, Endpoint
+from fastws._endpoint import Endpoint
+from fastws._protocol import Connection
 from fastws.client import open_connection, parse_url
 from fastws.exceptions import InvalidHandshake
 from fastws.handshake import ClientHandshake, CompressionOptions

@@ -259,7 +259,7 @@ def _close_conn(sock: RoomSocket, code: int, reason: str) -> None:
         conn.close(code, reason)
 
 
-from fastws._protocol import broadcast as _engine_broadcast  # noqa: E402  (frames once, corks per turn)
+from fastws._fanout import broadcast as _engine_broadcast  # noqa: E402  (frames once, corks per turn)
 
 
 class Room:

@@ -427,7 +427,7 @@ async def test_connection_refused_raises_oserror():
 async def test_every_resolved_address_is_tried_in_turn(serve):
     """open_connection dials the addresses one after the other (``localhost`` may resolve to
     ::1 first while the server listens on 127.0.0.1 only); all refused raises OSError."""
-    from fastws._protocol import Endpoint
+    from fastws._endpoint import Endpoint
     from fastws.client import open_connection
     from fastws.handshake import ClientHandshake
     from tests.conftest import echo_handler

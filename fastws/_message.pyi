@@ -1,0 +1,33 @@
+"""Type stubs for received messages (fastws/_message.pyx)."""
+
+import builtins
+from typing import final
+
+class Message:
+    """A received message handed to ``Listener.on_message``: a zero-copy view valid only during the call.
+
+    Supports the buffer protocol; ``bytes()`` / ``text()`` copy the payload out.
+    """
+
+    opcode: int
+    @property
+    def is_text(self) -> bool: ...
+    @property
+    def is_binary(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def bytes(self) -> builtins.bytes: ...
+    def text(self) -> str: ...
+    def data(self) -> str | builtins.bytes: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+@final
+class ReadTarget:
+    """The buffer exporter a Connection hands to the loop's transports in ``get_buffer``."""
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: int | slice, /) -> int | memoryview: ...
+
+class _Ready:
+    def __await__(self) -> object: ...
+
+READY: _Ready
+"""What ``send()`` returns when nothing needs waiting for (awaiting it finishes at once)."""
