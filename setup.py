@@ -55,7 +55,7 @@ bench_listeners = Extension("fastws.bench._listeners", ["fastws/bench/_listeners
 setup(
     ext_modules=cythonize(
         [ext("_frames"), ext("_stats"), ext("_message"), ext("_transport"), ext("_endpoint"), ext("_output"),
-         ext("_fanout"), ext("_protocol"), ext("_limits"), ext("_batch"), bench_listeners],
+         ext("_input"), ext("_fanout"), ext("_protocol"), ext("_limits"), ext("_batch"), bench_listeners],
         compiler_directives=directives,
         annotate=ANNOTATE,
     ),

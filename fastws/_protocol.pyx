@@ -15,8 +15,9 @@ layer knowing only the ones below it (C-level calls cross through .pxd files):
 ``_transport``      ``SocketTransport``: recv/send at C level; ``ReadSink``
 ``_endpoint``       ``Endpoint``: settings, shared cork, timer sweep, end-of-turn flush
 ``_output``         the write path: framing, corking, end-of-turn queue, large sends
-``_protocol``       this module: reading and dispatch, handshake, the receive
-                    queue, closing and failing, keepalive, the public API
+``_input``          the read path: read targets, frame dispatch, the receive queue
+``_protocol``       this module: the asyncio protocol, the handshake, closing and
+                    failing, keepalive, the public API
 ``_fanout``         ``broadcast()``: one frame, many connections
 ==================  ==========================================================
 
@@ -28,9 +29,9 @@ States: HANDSHAKE -> OPEN -> CLOSING -> CLOSED.
    the same target from ``get_buffer``. An idle connection holds no read
    buffer.
 2. ``_on_read`` runs the FrameParser at C level and dispatches each event
-   before reading on. Frames written while dispatching (echoes, pongs) are
-   corked in the endpoint's FrameWriter and leave in one write when the read
-   has been processed (fastws/_output.pyx).
+   before reading on (fastws/_input.pyx). Frames written while dispatching
+   (echoes, pongs) are corked in the endpoint's FrameWriter and leave in one
+   write when the read has been processed (fastws/_output.pyx).
 3. Two ways to consume messages share this engine: a *listener* (callbacks
    ``on_message(ws, msg)`` with a zero-copy :class:`Message`) or the *queue*
    used by ``recv()`` / ``async for``. In queue mode a CLOSE or a protocol
@@ -60,7 +61,8 @@ from fastws._frames cimport (
 )
 from fastws._limits cimport MessageGate
 from fastws._message cimport Message, ReadTarget
-from fastws._output cimport LARGE_SEND, Output
+from fastws._input cimport Input, _Pending, READ_ACCEPT, READ_APP, READ_PENDING, READ_QUEUE, READ_WRITE
+from fastws._output cimport LARGE_SEND
 from fastws._stats cimport Stats, code_index, count_duration, count_latency, count_refused
 from fastws._transport cimport SocketTransport
 
@@ -90,13 +92,6 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
 
-cdef enum:
-    READ_QUEUE = 1          # recv() queue full
-    READ_WRITE = 2          # the peer does not read what we write
-    READ_PENDING = 4        # a CLOSE/failure waits behind queued messages
-    READ_ACCEPT = 8         # an asynchronous accept hook is running
-    READ_APP = 16           # the application paused reading (ws.pause_reading())
-
 cdef bytes _truncate_utf8(str text, Py_ssize_t limit):
     """UTF-8 of ``text`` cut to at most ``limit`` bytes without splitting a character."""
     data = text.encode("utf-8")
@@ -113,20 +108,6 @@ def monotonic():
 cdef object READY = _READY
 
 
-cdef inline void _recycle_unheld(object buf):
-    """Pool ``buf`` when the caller's reference is the only one left (else just let it go).
-    The argument is borrowed (a cdef function does not take a reference of its own)."""
-    if buf is not None and Py_REFCNT(buf) == 1:
-        recycle_buffer(buf)
-
-
-cdef class _Pending:
-    """A CLOSE or a failure waiting in the receive queue behind messages."""
-    cdef int code
-    cdef str reason
-    cdef bint failure
-
-
 def attach_socket(Endpoint endpoint, object sock, object peername, Connection conn=None):
     """Run a WebSocket connection on fastws' own transport over a connected, non-blocking socket:
     a server connection for an accepted socket, or ``conn`` (a client Connection built with
@@ -139,7 +120,7 @@ def attach_socket(Endpoint endpoint, object sock, object peername, Connection co
     return conn
 
 
-cdef class Connection(Output, asyncio.BufferedProtocol):
+cdef class Connection(Input, asyncio.BufferedProtocol):
     """One WebSocket connection: the protocol the event loop drives and the
     object handlers receive (``ws``).
 
@@ -152,52 +133,24 @@ cdef class Connection(Output, asyncio.BufferedProtocol):
     :class:`Message` and calls ``ws.send(...)`` without awaiting.
     """
     cdef:
-        FrameParser _parser
-        bint _direct
-        int _expect_hdr                 # the last message was large: its header size, read alone next time
         bint _upgrade                   # the request asked for a WebSocket (counted as attempted)
         bint _counted_end               # counted as failed or closed already
         double _established_at
-        double _handed_at               # queue mode: when the message the app is handling was read
-        MessageGate _gate               # per-message rate limit checked before dispatch, or None
         object _close_cbs               #: callables run once when the connection is gone (None or a list)
-        object _gate_over               #: callable(ws) -> bool: a message is over the limit; True delivers it
-        object _kept                    # the last large bytes payload queued for the application
-        object _kept_prev               # the one before it
         object _hs                      #: ServerHandshake / ClientHandshake during the handshake
         readonly object request         #: handshake.Request (server side)
         readonly object response_headers  #: handshake.Headers (client side)
         readonly str subprotocol
-        object _listener
-        object _queue                   #: deque of str | bytes | _Pending, created on first use
-        object _waiter                  #: Future handed to recv()/__anext__, resolved with the next message
-        bint _waiter_anext              # the waiter is an __anext__: a normal close ends the iteration
-        bint _handed                    # a message went straight to a waiter; the app has not asked again yet
         object _handler                 #: coroutine function run after the handshake (server)
         readonly object task            #: the handler's task
         object _open_waiter             #: client: Future resolved when the handshake completes
         object _closed_waiter           #: Future resolved by connection_lost, created on demand
-        object _pings                   #: dict payload -> (Future, sent_at), created on demand
-        bint _paused_reading            # reading is paused at the transport
-        int _read_block                 # why: READ_QUEUE | READ_WRITE | READ_PENDING | READ_ACCEPT
-        bint _close_received
         bint _lost
         bint _notified_close
-        bint _input_closed              # a CLOSE or an error was read: parse nothing more
-        readonly int close_code
-        readonly str close_reason
-        double _last_recv
         double _opened_at
-        double _ping_sent
         double _paused_since            # when the peer stopped reading what we write (0: it reads)
-        bytes _ping_payload
-        double _deadline                #: closing / failing / handshake deadline
-        readonly double latency         #: seconds of the last keepalive ping round trip
         public object user              #: free slot for application data (e.g. auth claims)
         public object data              #: free slot for per-connection application data
-        bytes _auto_req                 # engine-level auto response: TEXT request -> response
-        bytes _auto_resp
-        double _auto_ts
         object __weakref__
 
     def __init__(self, Endpoint endpoint not None, *, object handler=None, object listener=None,
@@ -361,82 +314,6 @@ cdef class Connection(Output, asyncio.BufferedProtocol):
             self._write(self._hs.request_bytes())
         elif self.endpoint.draining:
             self._reject(HandshakeError(503, "Server shutting down"))
-
-    cdef Py_ssize_t read_target(self, uint8_t** out) except -1:
-        """Where the next read goes: a large payload's own buffer, else the scratch buffer."""
-        cdef Py_ssize_t size = 0, avail
-        cdef uint8_t* p = NULL
-        if (self._state == OPEN or self._state == CLOSING) and not self._input_closed and self._parser is not None:
-            avail = 0
-            if self._sock is not None and self._parser.direct_needs_room():
-                # the buffer must grow: size it for what already waits in the socket, so a
-                # large message that has arrived whole takes one read and no reallocation
-                avail = self._sock.queued()
-            p = self._parser.direct_target(&size, avail)
-        if p != NULL:
-            self._direct = True
-            out[0] = p
-            return size
-        self._direct = False
-        p = fastws_scratch()
-        if p == NULL:
-            raise MemoryError()
-        out[0] = p
-        if self._expect_hdr:
-            # after a large message the next one is likely large too: the first read takes
-            # just its header, and the whole payload goes straight into its buffer (no
-            # scratch copy, and the kernel writes to the buffer's aligned start). A wrong
-            # guess costs nothing: a read that fills its target is followed by another.
-            size = self._expect_hdr
-            self._expect_hdr = 0
-            return size
-        return FASTWS_SCRATCH_SIZE
-
-    def get_buffer(self, Py_ssize_t sizehint):
-        cdef ReadTarget t = self.endpoint._target
-        t.size = self.read_target(&t.ptr)
-        return t
-
-    def buffer_updated(self, Py_ssize_t nbytes):
-        self._on_read(nbytes)
-
-    cdef int data_read(self, Py_ssize_t nbytes) except -1:
-        """The socket transport read ``nbytes``; 1: that read ended a large frame (stop reading on)."""
-        cdef bint direct = self._direct
-        self._on_read(nbytes)
-        return direct and self._parser is not None and not self._parser.in_payload()
-
-    cdef int _on_read(self, Py_ssize_t nbytes) except -1:
-        """``nbytes`` landed where ``_read_target`` said: parse and dispatch them."""
-        cdef uint8_t* data
-        self._last_recv = _now()
-        if self._direct:
-            self._direct = False
-            if self._input_closed or not (self._state == OPEN or self._state == CLOSING):
-                return 0
-            self._corked = True
-            try:
-                self._parser.direct_written(nbytes)
-                self._process(NULL, 0)
-            except ProtocolError as exc:
-                self._fail(exc.code, exc.reason)
-            finally:
-                self._uncork()
-            return 0
-        data = fastws_scratch()
-        if (self._state == OPEN or self._state == CLOSING) and not self._input_closed:
-            # CLOSING: we sent a CLOSE and keep reading until the peer's CLOSE arrives
-            self._corked = True
-            try:
-                self._process(data, nbytes)
-            except ProtocolError as exc:
-                self._fail(exc.code, exc.reason)
-            finally:
-                self._uncork()
-        elif self._state == HANDSHAKE:
-            self._handshake_data(data, nbytes)
-        # after a CLOSE or a failure: discard
-        return 0
 
     def eof_received(self):
         self._on_eof()
@@ -740,192 +617,6 @@ cdef class Connection(Output, asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ receiving
 
-    cdef int _process(self, uint8_t* data, Py_ssize_t n) except -1:
-        """Parse ``data[0:n]`` and dispatch every event (called while corked)."""
-        cdef Py_ssize_t used = 0
-        cdef int ev
-        cdef FrameParser parser = self._parser
-        while (self._state == OPEN or self._state == CLOSING) and not self._input_closed:
-            ev = parser.next_event(data, n, &used)
-            data += used
-            n -= used
-            if ev == EV_NEED_MORE:
-                return 0
-            if ev == EV_MESSAGE:
-                self._on_message(parser)
-            elif ev == EV_PING:
-                self._on_ping(parser)
-            elif ev == EV_PONG:
-                self._on_pong(parser)
-            else:
-                self._on_close_frame(parser)
-        return 0
-
-    cdef int _on_message(self, FrameParser parser) except -1:
-        cdef Message msg
-        cdef object owner = parser.ev_obj
-        cdef object item
-        cdef Stats* st = &self.endpoint._st
-        parser.ev_obj = None
-        if parser.ev_len >= LARGE_SEND:
-            # the header of a frame this big: 2 bytes, a 64-bit length, a client's mask
-            self._expect_hdr = 10 if self.endpoint.is_client else 14
-        st.msgs_in += 1
-        st.bytes_in += parser.ev_len
-        if self._auto_req is not None and parser.ev_opcode == 1 and parser.ev_len == PyBytes_GET_SIZE(self._auto_req) \
-                and memcmp(parser.ev_ptr, PyBytes_AS_STRING(self._auto_req), parser.ev_len) == 0:
-            if not self._close_sent:
-                self._send_raw(1, <uint8_t*>PyBytes_AS_STRING(self._auto_resp), PyBytes_GET_SIZE(self._auto_resp),
-                               False)
-            self._auto_ts = _wall()
-            st.auto_responses += 1
-            return 0
-        if self._gate is not None and self._gate.check() > 0:
-            if not self._over_limit():
-                return 0
-            if self._input_closed:  # the policy failed the connection
-                return 0
-        if self._listener is not None:
-            msg = Message.new(parser.ev_opcode, parser.ev_ptr, parser.ev_len, owner)
-            try:
-                self._listener.on_message(self, msg)
-            except BaseException as exc:
-                self._listener_error(exc)
-            finally:
-                msg._invalidate()
-                if self.endpoint.stats_enabled:
-                    count_latency(&self.endpoint._st, _now() - self._last_recv)
-                if owner is not None and Py_REFCNT(msg) == 1:
-                    # nobody kept the message or its bytes: reuse the buffer for the next one
-                    msg._owner = None
-                    if Py_REFCNT(owner) == 1:
-                        recycle_buffer(owner)
-            return 0
-        if self._close_sent:
-            # we are closing: the application will not read this; keep reading until the peer's CLOSE
-            return 0
-        if parser.ev_opcode == 1:
-            item = PyUnicode_DecodeUTF8(<char*>parser.ev_ptr, parser.ev_len, NULL)
-            _recycle_unheld(owner)  # decoded: its buffer can take the next message
-        elif owner is not None and PyBytes_CheckExact(owner):
-            item = owner
-            self._keep(owner)
-        else:
-            item = PyBytes_FromStringAndSize(<char*>parser.ev_ptr, parser.ev_len)
-        self._enqueue(item)
-        return 0
-
-    cdef bint _over_limit(self):
-        """A message is over the gate's limit: ask the policy. True: deliver it."""
-        try:
-            verdict = self._gate_over(self)
-        except Exception as exc:
-            logger.error("fastws: error in a message limit policy", exc_info=exc)
-            return False
-        if type(verdict) is tuple:
-            # (code, reason): fail the connection behind the messages already queued, so the
-            # application still handles (and answers) every message that was within the limit
-            self._fail(verdict[0], verdict[1])
-            return False
-        return bool(verdict)
-
-    cdef void _enqueue(self, object item):
-        cdef object w = self._waiter
-        if w is not None:
-            # someone awaits the next message and the queue is empty: hand it over directly
-            self._waiter = None
-            if not w.done():
-                w.set_result(item)
-                self._handed = True
-                self._handed_at = self._last_recv
-                return
-        if self._queue is None:
-            self._queue = _deque()
-        self._queue.append(item)
-        if len(self._queue) >= self.endpoint.max_queue:
-            self._block_reading(READ_QUEUE, True)
-
-    cdef void _keep(self, object buf):
-        """Remember the large payloads queued for the application, two deep.
-
-        By the time a third one comes, the application has usually dropped the oldest
-        (``async for message in ws`` rebinds ``message`` to the next one): if nothing but
-        this slot holds it, it goes back to the buffer pool, and a later message is read
-        into memory that is mapped and in the CPU cache instead of fresh from malloc."""
-        cdef object old = self._kept_prev
-        self._kept_prev = self._kept
-        self._kept = buf
-        _recycle_unheld(old)
-
-    cdef void _release_kept(self, bint all):
-        """Give back the kept payloads nobody else holds any more (``all``: the newest too)."""
-        cdef object old = self._kept_prev
-        self._kept_prev = None
-        _recycle_unheld(old)
-        if all:
-            old = self._kept
-            self._kept = None
-            _recycle_unheld(old)
-
-    cdef void _wake_waiter(self):
-        """No more messages will come: fail the pending recv()/__anext__."""
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_exception(self._end_exc(self._waiter_anext))
-
-    cdef object _end_exc(self, bint anext):
-        exc = self._closed_exc()
-        if anext and isinstance(exc, ConnectionClosedOK):
-            return StopAsyncIteration()
-        return exc
-
-    cdef int _on_ping(self, FrameParser parser) except -1:
-        if not self._close_sent:
-            self._send_raw(10, parser.ev_ptr, parser.ev_len, False)
-        if self._listener is not None:
-            cb = getattr(self._listener, "on_ping", None)
-            if cb is not None:
-                self._call_listener(cb, (PyBytes_FromStringAndSize(<char*>parser.ev_ptr, parser.ev_len),))
-        return 0
-
-    cdef int _on_pong(self, FrameParser parser) except -1:
-        payload = PyBytes_FromStringAndSize(<char*>parser.ev_ptr, parser.ev_len)
-        cdef double now = _now()
-        if self._ping_payload is not None and payload == self._ping_payload:
-            self.latency = now - self._ping_sent
-            self._ping_payload = None
-        if self._pings:
-            entry = self._pings.pop(payload, None)
-            if entry is not None:
-                fut, sent = entry
-                if not fut.done():
-                    fut.set_result(now - sent)
-        return 0
-
-    cdef int _on_close_frame(self, FrameParser parser) except -1:
-        cdef int code = parser.ev_close_code
-        reason = PyUnicode_DecodeUTF8(<char*>parser.ev_ptr, parser.ev_len, NULL)
-        self._close_received = True
-        self.close_code = code
-        self.close_reason = reason
-        self._input_closed = True
-        if self._listener is None and (self._queue or self._handed) and not self._close_sent:
-            # messages are still queued (or being handled): answer the CLOSE after the application read them
-            if self._queue is None:
-                self._queue = _deque()
-            p = _Pending()
-            p.code = code
-            p.reason = reason
-            p.failure = False
-            self._queue.append(p)
-            self._deadline = _now() + self.endpoint.close_timeout
-            self._block_reading(READ_PENDING, True)
-            return 0
-        self._answer_close()
-        return 0
-
     cdef void _answer_close(self):
         """The peer's CLOSE was received (and read by the app): reply and finish."""
         cdef int code = self.close_code
@@ -1027,34 +718,6 @@ cdef class Connection(Output, asyncio.BufferedProtocol):
         self._deadline = _now() + self.endpoint.close_timeout
         self._block_reading(READ_QUEUE, False)  # the peer's CLOSE must be read
 
-    cdef bint _settle_pending(self):
-        """The app stops reading: drop queued messages and handle a waiting CLOSE/failure now."""
-        while self._queue:
-            item = self._queue.popleft()
-            if type(item) is _Pending:
-                self._queue.clear()
-                self._handle_pending(<_Pending>item)
-                return True
-        return False
-
-    cdef void _block_reading(self, int reason, bint on):
-        """Pause reading while any reason holds; resume when none is left."""
-        if on:
-            self._read_block |= reason
-        else:
-            self._read_block &= ~reason
-        if self.transport is None or self._state == CLOSED:
-            return
-        try:
-            if self._read_block and not self._paused_reading:
-                self._paused_reading = True
-                self.transport.pause_reading()
-            elif not self._read_block and self._paused_reading:
-                self._paused_reading = False
-                self.transport.resume_reading()
-        except Exception:  # the transport is closing
-            pass
-
     cdef void _notify_close(self, int code=0):
         if self._notified_close:
             return
@@ -1063,14 +726,6 @@ cdef class Connection(Output, asyncio.BufferedProtocol):
             cb = getattr(self._listener, "on_close", None)
             if cb is not None:
                 self._call_listener(cb, (code or self.close_code, self.close_reason))
-
-    cdef object _closed_exc(self):
-        cdef int code = self.close_code
-        if code in (1000, 1001) or (code == 1005 and self._close_received):
-            return ConnectionClosedOK(code, self.close_reason)
-        if self._close_sent and self._sent_close_code in (1000, 1001) and code == 1006 and not self._close_received:
-            return ConnectionClosedOK(self._sent_close_code, "")
-        return ConnectionClosedError(code, self.close_reason)
 
     cdef int _check_timers(self, double now) except -1:
         cdef Endpoint ep = self.endpoint
@@ -1265,43 +920,6 @@ cdef class Connection(Output, asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ high-level receive
 
-    cdef object _next(self, bint anext):
-        """A Future resolved with the next message. No coroutine is created per message:
-        the waiter is resolved with the message itself when it arrives."""
-        cdef object fut
-        cdef object item
-        if self._listener is not None:
-            raise RuntimeError("recv() is not available on a connection with a listener")
-        w = self._waiter
-        if w is not None and not w.done():
-            raise RuntimeError("recv() called while another coroutine is already waiting for a message")
-        if self._handed_at > 0:
-            # the app asks for the next message: the previous one has been handled
-            if self.endpoint.stats_enabled:
-                count_latency(&self.endpoint._st, _now() - self._handed_at)
-            self._handed_at = 0
-        self._handed = False
-        if self._kept_prev is not None:
-            self._release_kept(False)  # the one before the last is done with: reuse it early
-        fut = self._loop.create_future()
-        if self._queue:
-            item = self._queue.popleft()
-            if type(item) is _Pending:
-                self._handle_pending(<_Pending>item)
-                fut.set_exception(self._end_exc(anext))
-                return fut
-            if self._read_block & READ_QUEUE and len(self._queue) <= (self.endpoint.max_queue >> 1):
-                self._block_reading(READ_QUEUE, False)
-            fut.set_result(item)
-            self._handed_at = self._last_recv
-            return fut
-        if self._state == CLOSED or self._input_closed:
-            fut.set_exception(self._end_exc(anext))
-            return fut
-        self._waiter = fut
-        self._waiter_anext = anext
-        return fut
-
     def recv(self):
         """Await the next message: ``str`` for TEXT, ``bytes`` for BINARY.
 
@@ -1318,28 +936,6 @@ cdef class Connection(Output, asyncio.BufferedProtocol):
         return self._next(True)
 
     # ------------------------------------------------------------ listener plumbing
-
-    cdef void _call_listener(self, object cb, tuple args=()):
-        try:
-            cb(self, *args)
-        except BaseException as exc:
-            self._listener_error(exc)
-
-    cdef void _listener_error(self, object exc):
-        if isinstance(exc, ConnectionClosed):
-            return
-        if isinstance(exc, BufferFull):
-            self.endpoint._st.backpressure_closes += 1
-            logger.info("fastws: closing %s: %s", self.remote_address, exc)
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        if not isinstance(exc, Exception):
-            raise exc
-        logger.error("fastws: listener failed for %s", self.request.path if self.request else "?",
-                     exc_info=exc)
-        if self._state == OPEN and not self._close_sent:
-            self._close_now(1011, "")
 
     cpdef _going_away(self, int code=1001, str reason="server shutting down"):
         """Graceful shutdown: close this connection with ``code``."""

@@ -55,7 +55,8 @@ async def test_alarm_fires_once_and_is_cleared(serve, tmp_path, alarms):
     router = RoomRouter(Alarmed, data_dir=str(tmp_path))
     server = await serve(router)
     ws = await fastws.connect(server.url + "/a")
-    await ws.send("set:0.05")
+    # far enough ahead that the "get" below sees it scheduled on a loaded machine
+    await ws.send("set:0.5")
     assert await asyncio.wait_for(ws.recv(), T) == "set"
     await ws.send("get")
     assert float(await asyncio.wait_for(ws.recv(), T)) > time.time() - 1
