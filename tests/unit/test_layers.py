@@ -18,6 +18,11 @@ RULES = [
     ("rooms/room.py", {"fastws.rooms.router", "fastws.server", "fastws.app"}),
     ("rooms/storage.py", {"fastws.rooms.room", "fastws.rooms.router", "fastws.server"}),
     ("rooms/names.py", {"fastws.rooms.room", "fastws.rooms.router", "fastws.rooms.storage"}),
+    # the command line: the shared helpers and the logging setup know no subcommand
+    ("cli/_common.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.connect", "fastws.cli.bench"}),
+    ("cli/_logging.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.connect", "fastws.cli.bench"}),
+    ("cli/connect.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.bench"}),
+    ("cli/bench.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.connect"}),
 ]
 
 
