@@ -27,9 +27,10 @@ of the submodules, so ``from fastws.cli import ...`` keeps working for all of th
 
 :func:`main` parses the command line (each subcommand's parser sets ``func``), sets up
 logging, calls the subcommand and turns a :class:`CLIError` into ``fastws: error: ...``
-on stderr and its exit code, and Ctrl-C into 130. Every submodule imports only the
-standard library at module level; the server, the client and the load generator are
-imported by the functions that run them, so ``fastws --help`` stays fast.
+on stderr and its exit code, and Ctrl-C into 130. At module level the submodules import
+only the standard library, ``fastws`` itself and each other; what only one subcommand
+needs (the config parser, the load generator, the bench client, TLS, multiprocessing)
+is imported by the functions that use it, so ``fastws --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from fastws.cli._common import CLIError
 from fastws.cli._logging import LOG_LEVELS, JSONFormatter, setup_logging
 from fastws.cli.bench import build_bench_parser, cmd_bench
 from fastws.cli.connect import build_connect_parser, cmd_connect
+from fastws.cli.serve import _serves_rooms as _serves_rooms  # tests/cluster/test_cluster_config.py
 from fastws.cli.serve import (
-    _serves_rooms,
     add_serve_arguments,
     apply_guards,
     build_serve_parser,
@@ -59,7 +60,7 @@ from fastws.cli.workers import Supervisor
 __all__ = ["main", "build_parser", "CLIError", "LOG_LEVELS", "JSONFormatter", "setup_logging", "load_app",
            "add_serve_arguments", "build_serve_parser", "resolve_serve_config", "apply_guards", "serve_options",
            "prepare_data_dir", "serve_one", "cmd_serve", "Supervisor", "cmd_connect", "build_connect_parser",
-           "cmd_bench", "build_bench_parser", "_serves_rooms"]
+           "cmd_bench", "build_bench_parser"]
 
 
 def _common_parent() -> argparse.ArgumentParser:

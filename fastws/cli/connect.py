@@ -17,7 +17,8 @@ moment (at most ``--wait`` seconds) and then closes. Messages that arrive togeth
 the handshake response are held back until the "connected" line has been shown.
 
 The exit code is 0 on a clean close (1000 or 1001; with ``--execute`` also 1005) and 1
-otherwise.
+otherwise (also when the connection cannot be opened or, with ``--execute``, no reply
+comes within ``--timeout``).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ imports the app. With one worker it calls :func:`serve_one` in this process; wit
 :func:`serve_one` layers the settings in a fixed order: the app's ``server_options``,
 then the file's ``[server]`` table, then the flags (:func:`serve_options`); guard
 settings likewise go file first, flags on top (:func:`apply_guards`), wrapping a plain
-handler in an :class:`~fastws.app.App` when there are any. Modules of fastws beyond the
-command line itself (the server, the config parser, the rooms) are imported inside the
-functions that need them, so ``fastws --help`` stays fast.
+handler in an :class:`~fastws.app.App` when there are any. What only some runs need (the
+config parser, TLS, the rooms, the server's ``run``) is imported inside the functions
+that need it, so ``fastws --help`` stays fast.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ While serving, the parent waits on the workers' sentinels and restarts a worker 
 exits; a worker that dies within ``RESTART_WINDOW`` seconds of its start counts as a
 fast crash, and ``MAX_FAST_CRASHES`` in a row stop the whole server (exit code 1). On
 SIGINT/SIGTERM the parent sends SIGTERM to every worker, waits for the shutdown timeout
-plus 5 s, then SIGKILLs the stragglers. Workers ignore SIGINT (a Ctrl-C on the terminal
+(default 10 s) plus 5 s, then SIGKILLs the stragglers. Workers ignore SIGINT (a Ctrl-C on the terminal
 reaches the whole process group; the parent alone decides) and ask the kernel for a
 SIGTERM when the parent dies, so no worker outlives a SIGKILLed supervisor.
 """
