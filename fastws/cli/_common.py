@@ -47,7 +47,7 @@ def _headers(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def _tls(args: argparse.Namespace) -> Any:
-    from fastws.bench.runner import tls_context
+    from fastws.bench.load import tls_context
 
     try:
         return tls_context(args.cafile, args.insecure)
