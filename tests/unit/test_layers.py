@@ -18,6 +18,19 @@ RULES = [
     ("rooms/room.py", {"fastws.rooms.router", "fastws.server", "fastws.app"}),
     ("rooms/storage.py", {"fastws.rooms.room", "fastws.rooms.router", "fastws.server"}),
     ("rooms/names.py", {"fastws.rooms.room", "fastws.rooms.router", "fastws.rooms.storage"}),
+    # the load generator: the base knows no mode, a mode no other mode, neither the orchestration
+    ("bench/load.py", {"fastws.bench.modes", "fastws.bench.orchestrate", "fastws.bench.runner", "fastws.cli"}),
+    ("bench/modes/echo.py", {"fastws.bench.modes", "fastws.bench.orchestrate", "fastws.bench.runner", "fastws.cli"}),
+    ("bench/modes/storm.py", {"fastws.bench.modes", "fastws.bench.orchestrate", "fastws.bench.runner", "fastws.cli"}),
+    ("bench/modes/fanout.py", {"fastws.bench.modes", "fastws.bench.orchestrate", "fastws.bench.runner", "fastws.cli"}),
+    ("bench/modes/chat.py", {"fastws.bench.modes", "fastws.bench.orchestrate", "fastws.bench.runner", "fastws.cli"}),
+    ("bench/modes/__init__.py", {"fastws.bench.orchestrate", "fastws.bench.runner", "fastws.cli"}),
+    ("bench/orchestrate.py", {"fastws.bench.runner", "fastws.cli"}),
+    # the command line: the shared helpers and the logging setup know no subcommand
+    ("cli/_common.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.connect", "fastws.cli.bench"}),
+    ("cli/_logging.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.connect", "fastws.cli.bench"}),
+    ("cli/connect.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.bench"}),
+    ("cli/bench.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.connect"}),
 ]
 
 
