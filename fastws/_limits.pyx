@@ -28,7 +28,8 @@ from collections import OrderedDict
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+from fastws._clock cimport now as _clock_now
 
 __all__ = ["TokenBucket", "BucketTable", "MessageGate", "CidrSet", "Globs", "RuleSet", "monotonic"]
 
@@ -38,9 +39,7 @@ cdef enum:
 
 
 cdef double now_monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+    return _clock_now()
 
 
 def monotonic():

@@ -51,3 +51,30 @@ def test_no_upward_imports(module, forbidden):
     names = imported(os.path.join(ROOT, module))
     bad = {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
     assert not bad, f"fastws/{module} imports {sorted(bad)}"
+
+
+# The engine's extension modules, bottom to top: each may cimport or import only the ones before it
+# (fastws/_protocol.pyx explains the layers). _limits sits beside them (the message gate).
+ENGINE = ["_clock", "_frames", "_limits", "_stats", "_message", "_transport", "_endpoint", "_output", "_input",
+          "_fanout", "_protocol"]
+
+
+def engine_imports(name: str) -> set[str]:
+    import re
+
+    out = set()
+    for ext in (".pyx", ".pxd"):
+        path = os.path.join(ROOT, name + ext)
+        if os.path.exists(path):
+            with open(path) as f:
+                out |= set(re.findall(r"^\s*(?:from|cimport|import)\s+fastws\.(_\w+)", f.read(), re.M))
+    out.discard(name)
+    return out
+
+
+@pytest.mark.parametrize("name", ENGINE)
+def test_engine_layers(name):
+    assert os.path.exists(os.path.join(ROOT, name + ".pxd")) or os.path.exists(os.path.join(ROOT, name + ".pyx"))
+    below = set(ENGINE[:ENGINE.index(name)])
+    bad = engine_imports(name) - below
+    assert not bad, f"fastws/{name} uses {sorted(bad)}, which are not below it"
