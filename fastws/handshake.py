@@ -176,7 +176,7 @@ class Request:
     Attributes:
         method: ``"GET"`` for an upgrade.
         target: the request target as sent (path and query).
-        path: the decoded, normalised path, e.g. ``"/rooms/lobby"`` (see :func:`normalize_path`:
+        path: the decoded, normalised path, e.g. ``"/rooms/lobby"`` (see :func:`fastws.handshake.normalize_path`:
             the firewall, the routes and room names all see this one).
         query_string: the raw query (without ``?``).
         headers: :class:`Headers`.
