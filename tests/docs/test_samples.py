@@ -20,7 +20,10 @@ The mark is read with shlex, as words and ``key=value`` pairs:
 ``env="K=V ..."``   environment for the server or the block.
 Probe keys (with ``server`` or ``needs``): ``path=/p``, ``send=TEXT``, ``expect=TEXT`` (a received
 message must contain it), ``http=/p`` (GET; the body must contain ``expect``),
-``token-secret=S`` (send ``Authorization: Bearer <a fresh HS256 JWT signed with S>``).
+``token-secret=S`` (send ``Authorization: Bearer <a fresh HS256 JWT signed with S>``),
+``ready=TEXT`` (wait until the server printed this too, e.g. ``with 2 workers``: a ``--workers``
+parent stopped while a worker is still starting waits out its shutdown timeout).
+A server must stop within 15 s of SIGTERM and log no traceback.
 A ``run`` or plain Python block may also have ``expect=TEXT`` (its stdout must contain it).
 
 Port 9001 in a sample is the sample port: the test replaces it by a free port on 127.0.0.1.
@@ -49,6 +52,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,8 +66,8 @@ LANGS = SHELL | {"python", "toml", "json", "nginx", "ini", "dockerfile"}
 SAMPLE_PORT = "9001"
 SAMPLE_REDIS = "redis://127.0.0.1:6379/0"
 BOUND = 30.0  # seconds: any one command or script
-MARK = re.compile(r"^<!--\s*sample:(.*?)-->\s*$")
-FENCE = re.compile(r"^(`{3,}|~{3,})\s*([^\s`]*)(.*)$")
+MARK = re.compile(r"^\s*<!--\s*sample:(.*?)-->\s*$")
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^\s`]*)(.*)$")
 
 
 @dataclass
@@ -103,12 +107,13 @@ def blocks_of(page: pathlib.Path) -> list[Block]:
                 prev = lines[i].strip()
             i += 1
             continue
-        fence, lang = m.group(1), m.group(2).lower()
+        indent, fence, lang = len(m.group(1)), m.group(2), m.group(3).lower()
         start = i
         i += 1
         body: list[str] = []
-        while i < len(lines) and not lines[i].startswith(fence[0] * len(fence)):
-            body.append(lines[i])
+        while i < len(lines) and not lines[i].lstrip().startswith(fence):
+            line = lines[i]
+            body.append(line[indent:] if not indent or line[:indent].isspace() else line.lstrip())
             i += 1
         i += 1
         mm = MARK.match(prev)
@@ -158,29 +163,53 @@ def base_env(tmp: pathlib.Path, extra: str = "") -> dict[str, str]:
     return env
 
 
-def wait_port(port: int, proc: subprocess.Popen[Any], what: str, timeout: float = 20.0) -> None:
+class Proc:
+    """A subprocess whose output (stdout and stderr) is collected by a thread as it comes."""
+
+    def __init__(self, argv: list[str], cwd: pathlib.Path, env: dict[str, str]) -> None:
+        self.popen = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def wait_port(port: int, proc: Proc, what: str, ready: str | None = None, timeout: float = 20.0) -> None:
+    """Until something listens on ``port`` (and, with ``ready``, the output holds that text)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"{what}: exited with {proc.returncode} before listening on {port}:\n{out}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
+        if proc.popen.poll() is not None:
+            proc.reader.join(5)
+            pytest.fail(f"{what}: exited with {proc.popen.returncode} before listening on {port}:\n{proc.output()}")
+        if ready is None or ready in proc.output():
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
         time.sleep(0.05)
-    pytest.fail(f"{what}: nothing listening on 127.0.0.1:{port} after {timeout} s")
+    pytest.fail(f"{what}: not listening on 127.0.0.1:{port} (or no {ready!r}) after {timeout} s:\n{proc.output()}")
 
 
-def stop(proc: subprocess.Popen[Any]) -> str:
-    if proc.poll() is None:
+def stop(proc: Proc) -> str:
+    """SIGTERM (graceful; a --workers parent stops its workers), SIGKILL of the group after 15 s."""
+    if proc.popen.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
+            os.kill(proc.popen.pid, signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.popen.wait(15)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    return proc.stdout.read() if proc.stdout else ""
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(5)
+            proc.lines.append("\n[the test: no exit 15 s after SIGTERM, killed]\n")
+    proc.reader.join(5)
+    return proc.output()
 
 
 def fastws_argv(words: list[str]) -> list[str]:
@@ -275,7 +304,7 @@ class Page:
     def __init__(self, tmp: pathlib.Path) -> None:
         self.tmp = tmp
         self.redis_url: str | None = None
-        self.redis_proc: subprocess.Popen[Any] | None = None
+        self.redis_proc: Proc | None = None
 
     def close(self) -> None:
         if self.redis_proc is not None:
@@ -289,10 +318,8 @@ class Page:
                 if not exe:
                     pytest.fail("the sample needs Redis: set FASTWS_TEST_REDIS_URL or install redis-server")
                 port = free_port()
-                self.redis_proc = subprocess.Popen(
-                    [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                     "--dir", str(self.tmp)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                    start_new_session=True)
+                self.redis_proc = Proc([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                        "--appendonly", "no", "--dir", str(self.tmp)], self.tmp, dict(os.environ))
                 wait_port(port, self.redis_proc, "redis-server")
                 url = f"redis://127.0.0.1:{port}/0"
             # a database of our own, so other users of that Redis are not touched
@@ -308,11 +335,18 @@ class Page:
             text = text.replace(SAMPLE_REDIS, self.redis())
         return text
 
-    def popen(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[Any]:
-        return subprocess.Popen(argv, cwd=self.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    def popen(self, argv: list[str], env: dict[str, str]) -> Proc:
+        return Proc(argv, self.tmp, env)
 
     def run(self, block: Block) -> None:
+        t0 = time.monotonic()
+        try:
+            self._run_block(block)
+        finally:
+            if os.environ.get("FASTWS_DOCS_TIMING"):
+                print(f"{block.where()}: {time.monotonic() - t0:.2f} s")
+
+    def _run_block(self, block: Block) -> None:
         mark, words = block.mark, block.words
         if "skip" in mark:
             return
@@ -413,11 +447,14 @@ class Page:
     def serve(self, argv: list[str], block: Block, port: int, env: dict[str, str]) -> None:
         proc = self.popen(argv, env)
         try:
-            wait_port(port, proc, block.where())
+            wait_port(port, proc, block.where(), block.mark.get("ready"))
             probe(block, port)
-        finally:
+        except Exception as exc:
             out = stop(proc)
+            raise AssertionError(f"{block.where()}: {exc!r}; the server's output:\n{out}") from exc
+        out = stop(proc)
         assert "Traceback" not in out, f"{block.where()}: the server logged a traceback:\n{out}"
+        assert "[the test: no exit" not in out, f"{block.where()}: the server did not stop on SIGTERM:\n{out}"
 
 
 def check_nginx(code: str, where: str) -> None:
