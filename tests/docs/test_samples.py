@@ -22,7 +22,8 @@ Probe keys (with ``server`` or ``needs``): ``path=/p``, ``send=TEXT``, ``expect=
 message must contain it), ``http=/p`` (GET; the body must contain ``expect``),
 ``token-secret=S`` (send ``Authorization: Bearer <a fresh HS256 JWT signed with S>``),
 ``ready=TEXT`` (wait until the server printed this too, e.g. ``with 2 workers``: a ``--workers``
-parent stopped while a worker is still starting waits out its shutdown timeout).
+parent stopped while a worker is still starting waits out its shutdown timeout), ``tls`` (probe
+with wss://, the certificate not verified).
 A server must stop within 15 s of SIGTERM and log no traceback.
 A ``run`` or plain Python block may also have ``expect=TEXT`` (its stdout must contain it).
 
@@ -281,8 +282,15 @@ def probe(block: Block, port: int) -> None:
     headers = {}
     if "token-secret" in mark:
         headers["Authorization"] = f"Bearer {mint(mark['token-secret'])}"
-    with connect(f"ws://127.0.0.1:{port}{mark.get('path', '/')}", additional_headers=headers,
-                 open_timeout=10, close_timeout=5) as ws:
+    scheme, tls = "ws", None
+    if "tls" in block.words:  # a self-signed certificate: encrypted, not verified
+        import ssl
+
+        scheme, tls = "wss", ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    with connect(f"{scheme}://127.0.0.1:{port}{mark.get('path', '/')}", additional_headers=headers,
+                 open_timeout=10, close_timeout=5, ssl=tls) as ws:
         if "send" in mark:
             ws.send(mark["send"])
         if expect is None:
@@ -468,7 +476,7 @@ def check_nginx(code: str, where: str) -> None:
             assert depth >= 0, f"{where}: unbalanced }}"
     assert depth == 0, f"{where}: unbalanced {{"
     for stmt in re.split(r"[{};]", text):
-        assert not stmt.strip() or re.match(r"^[a-z_]+(\s|$)", stmt.strip()), f"{where}: bad directive {stmt!r}"
+        assert not stmt.strip() or re.match(r"^([a-z_]+|''|default)(\s|$)", stmt.strip()), f"{where}: bad directive {stmt!r}"
     for target in re.findall(r"proxy_pass\s+(\S+);", text):
         assert target.startswith("http://127.0.0.1:") or target.startswith("http://fastws"), (where, target)
     # what is between a directive's name and its ; : no stray braces left
