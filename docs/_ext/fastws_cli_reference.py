@@ -1,4 +1,6 @@
-"""``{fastws-cli}`` directive: the reference of one ``fastws`` subcommand, read from the real parser.
+"""Two directives that read the code, so these reference tables cannot drift from it.
+
+``{fastws-cli}``: the reference of one ``fastws`` subcommand, read from the real parser.
 
     ```{fastws-cli} serve
     ```
@@ -6,6 +8,9 @@
 renders the subcommand's usage line and one table per argument group (every flag, its
 metavar or choices, its default and its help), from ``fastws.cli.build_parser()``, so the page
 cannot drift from the code. Without an argument it renders the top-level command.
+
+``{fastws-config-keys} server`` (or ``guards``, ``cluster``): the keys of that section of a
+``fastws serve --config`` file and the values each takes, from ``fastws.config``.
 """
 
 from __future__ import annotations
@@ -85,6 +90,27 @@ class FastwsCli(Directive):
         return node.children
 
 
+class FastwsConfigKeys(Directive):
+    """``{fastws-config-keys} server``: the keys of one ``--config`` section, from fastws.config."""
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self) -> list[Any]:
+        from fastws import config
+
+        keys = {"server": config.SERVER_KEYS, "guards": config.GUARD_KEYS,
+                "cluster": config.CLUSTER_KEYS}[self.arguments[0]]
+        lines = [".. list-table::", "   :header-rows: 1", "   :widths: 30 70", "", "   * - key", "     - value"]
+        for key, (_check, what) in keys.items():
+            lines += [f"   * - ``{key}``", f"     - {_escape(what)}"]
+        node = nodes.section()
+        node.document = self.state.document
+        self.state.nested_parse(StringList(lines, source="fastws.config"), 0, node)
+        return node.children
+
+
 def setup(app: Any) -> dict[str, Any]:
     app.add_directive("fastws-cli", FastwsCli)
+    app.add_directive("fastws-config-keys", FastwsConfigKeys)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

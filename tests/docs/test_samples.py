@@ -13,21 +13,23 @@ The mark is read with shlex, as words and ``key=value`` pairs:
                     must also compile); later blocks of the same page can import or serve it.
 ``server``          the block starts a server (a Python script, or one shell command): the test
                     starts it in a subprocess, waits for its port, probes it and stops it.
-``run``             a shell block whose commands run for real, each bounded in time.
+``run``             a shell block that runs for real in bash (``set -eo pipefail``; ``fastws`` and
+                    ``python`` are this interpreter), bounded in time.
 ``needs=MOD:APP``   start ``fastws serve MOD:APP`` on the sample port before running the block.
 ``redis``           the block names ``redis://127.0.0.1:6379/0``: that URL is replaced by a
                     real Redis (``FASTWS_TEST_REDIS_URL``, or a private redis-server).
 ``env="K=V ..."``   environment for the server or the block.
 Probe keys (with ``server`` or ``needs``): ``path=/p``, ``send=TEXT``, ``expect=TEXT`` (a received
 message must contain it), ``http=/p`` (GET; the body must contain ``expect``),
-``token-secret=S`` (send ``Authorization: Bearer <a fresh HS256 JWT signed with S>``),
+``origin=URL`` (send this Origin), ``token-secret=S`` (send ``Authorization: Bearer <a fresh HS256 JWT signed with S>``),
 ``ready=TEXT`` (wait until the server printed this too, e.g. ``with 2 workers``: a ``--workers``
 parent stopped while a worker is still starting waits out its shutdown timeout), ``tls`` (probe
 with wss://, the certificate not verified).
 A server must stop within 15 s of SIGTERM and log no traceback.
-A ``run`` or plain Python block may also have ``expect=TEXT`` (its stdout must contain it).
+A ``run`` or plain Python block may also have ``expect=TEXT`` (its output must contain it).
 
-Port 9001 in a sample is the sample port: the test replaces it by a free port on 127.0.0.1.
+Port 9001 in a sample (code, command or file) is the sample port: the test replaces it by one free
+port on 127.0.0.1 per page.
 
 Without a mark: ``python`` blocks run as scripts (at most 30 s, exit code 0); shell blocks
 (``console``, ``shell``, ``sh``, ``bash``) may hold only ``fastws`` commands, each parsed by the
@@ -290,7 +292,7 @@ def probe(block: Block, port: int) -> None:
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE
     with connect(f"{scheme}://127.0.0.1:{port}{mark.get('path', '/')}", additional_headers=headers,
-                 open_timeout=10, close_timeout=5, ssl=tls) as ws:
+                 origin=mark.get("origin"), open_timeout=10, close_timeout=5, ssl=tls) as ws:
         if "send" in mark:
             ws.send(mark["send"])
         if expect is None:
@@ -311,6 +313,7 @@ class Page:
 
     def __init__(self, tmp: pathlib.Path) -> None:
         self.tmp = tmp
+        self.port = free_port()  # the sample port (9001) of this page, in every block and file
         self.redis_url: str | None = None
         self.redis_proc: Proc | None = None
 
@@ -358,14 +361,15 @@ class Page:
         mark, words = block.mark, block.words
         if "skip" in mark:
             return
-        port = free_port()
+        port = self.port
         env = base_env(self.tmp, mark.get("env", ""))
         if "file" in mark:
             path = self.tmp / mark["file"]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(block.code)
+            code = self.subst(block, block.code, port)
+            path.write_text(code)
             if path.suffix == ".py":
-                compile(block.code, str(path), "exec")
+                compile(code, str(path), "exec")
             return
         needed = None
         if "needs" in mark:
@@ -404,22 +408,23 @@ class Page:
                 self.serve(fastws_argv(argv) if argv[0] == "fastws" else argv, block, port, env)
                 return
             if "run" in words:
-                out = ""
-                for cmd in cmds:
-                    extra, argv = split_env(shlex.split(cmd))
-                    if argv[0] == "fastws":
-                        argv = fastws_argv(argv)
-                    elif argv[0] in ("python", "python3"):
-                        argv = [sys.executable, *argv[1:]]
-                    r = subprocess.run(argv, cwd=self.tmp, env={**env, **extra}, capture_output=True, text=True,
-                                       timeout=BOUND, stdin=subprocess.DEVNULL)
-                    assert r.returncode == 0, f"{block.where()}: `{cmd}` exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-                    out += r.stdout
+                # bash, with `fastws` and `python` meaning this interpreter and this checkout
+                script = ("set -eo pipefail\n"
+                          'fastws() { "$FASTWS_DOCS_PY" -m fastws "$@"; }\n'
+                          'python() { "$FASTWS_DOCS_PY" "$@"; }\npython3() { "$FASTWS_DOCS_PY" "$@"; }\n'
+                          + "\n".join(cmds) + "\n")
+                r = subprocess.run(["bash", "-c", script], cwd=self.tmp, env={**env, "FASTWS_DOCS_PY": sys.executable},
+                                   capture_output=True, text=True, timeout=BOUND, stdin=subprocess.DEVNULL)
+                assert r.returncode == 0, f"{block.where()}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
                 if "expect" in mark:
-                    assert mark["expect"] in out, f"{block.where()}: output {out!r}"
+                    assert mark["expect"] in r.stdout + r.stderr, f"{block.where()}: output {r.stdout!r} {r.stderr!r}"
                 return
             for cmd in cmds:
                 _, argv = split_env(shlex.split(cmd))
+                for i, word in enumerate(argv):  # a redirection or a pipe ends the command
+                    if word in (">", ">>", "<", "|", "&&", "||", "2>", "2>&1"):
+                        del argv[i:]
+                        break
                 assert argv[0] == "fastws", (
                     f"{block.where()}: `{cmd}` is not a fastws command: mark the block (run, server or skip)")
                 check_cli(argv, block.where())
