@@ -36,12 +36,19 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
     raise ValueError(f"fastws has no subcommand {command!r}")
 
 
+def _md(text: str) -> str:
+    """Plain text made safe inside a Markdown table cell (the pages are MyST Markdown)."""
+    for ch in "\\`*_[]<>|":
+        text = text.replace(ch, "\\" + ch)
+    return " ".join(text.split())
+
+
 def _flag_cell(action: argparse.Action) -> str:
-    names = ", ".join(f"``{o}``" for o in action.option_strings) or f"``{action.dest}``"
+    names = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.dest}`"
     if action.choices is not None and not isinstance(action.choices, dict):
-        names += " {" + ",".join(str(c) for c in action.choices) + "}"
+        names += " `{" + ",".join(str(c) for c in action.choices) + "}`"
     elif action.nargs != 0 and action.option_strings:
-        names += f" *{action.metavar or action.dest.upper()}*"
+        names += f" *{_md(str(action.metavar or action.dest.upper()))}*"
     return names
 
 
@@ -49,31 +56,25 @@ def _default_cell(action: argparse.Action) -> str:
     d = action.default
     if action.nargs == 0 or d is None or d is argparse.SUPPRESS or d == []:
         return ""
-    return f"``{d}``"
-
-
-def _escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("*", "\\*").replace("`", "\\`")
+    return f"`{d}`"
 
 
 def render(command: str | None) -> list[str]:
+    """The reference of one subcommand as MyST Markdown: usage, description, a table per group."""
     p = _parser(command)
     usage = p.format_usage().strip()
-    lines = ["::", ""] + ["   " + u for u in usage.splitlines()] + [""]
+    lines = ["```text", *usage.splitlines(), "```", ""]
     if p.description:
-        lines += [_escape(" ".join(p.description.split())), ""]
+        lines += [_md(p.description), ""]
     for group in p._action_groups:
         actions = [a for a in group._group_actions
                    if a.help is not argparse.SUPPRESS and not isinstance(a, argparse._SubParsersAction)]
         if not actions:
             continue
-        title = group.title or "arguments"
-        lines += [f".. rubric:: {title}", "", ".. list-table::", "   :header-rows: 1", "   :widths: 35 15 50", "",
-                  "   * - flag", "     - default", "     - what it does"]
+        lines += [f"**{_md(group.title or 'arguments')}**", "", "| flag | default | what it does |", "|---|---|---|"]
         for a in actions:
             helptext = (a.help or "").replace("%(default)s", str(a.default)).replace("%%", "%")
-            lines += [f"   * - {_flag_cell(a)}", f"     - {_default_cell(a)}",
-                      f"     - {_escape(' '.join(helptext.split()))}"]
+            lines.append(f"| {_flag_cell(a)} | {_default_cell(a)} | {_md(helptext)} |")
         lines.append("")
     return lines
 
@@ -101,9 +102,8 @@ class FastwsConfigKeys(Directive):
 
         keys = {"server": config.SERVER_KEYS, "guards": config.GUARD_KEYS,
                 "cluster": config.CLUSTER_KEYS}[self.arguments[0]]
-        lines = [".. list-table::", "   :header-rows: 1", "   :widths: 30 70", "", "   * - key", "     - value"]
-        for key, (_check, what) in keys.items():
-            lines += [f"   * - ``{key}``", f"     - {_escape(what)}"]
+        lines = ["| key | value |", "|---|---|"]
+        lines += [f"| `{key}` | {_md(what)} |" for key, (_check, what) in keys.items()]
         node = nodes.section()
         node.document = self.state.document
         self.state.nested_parse(StringList(lines, source="fastws.config"), 0, node)

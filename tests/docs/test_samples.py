@@ -63,7 +63,15 @@ from typing import Any
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PAGES = sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts) + [ROOT / "README.md"]
+DOCS = sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)
+
+
+def included(page: pathlib.Path) -> list[pathlib.Path]:
+    """Markdown files a docs page pulls in with MyST's ``{include}`` directive."""
+    return [(page.parent / m).resolve() for m in re.findall(r"^```\{include\}\s+(\S+\.md)\s*$", page.read_text(), re.M)]
+
+
+PAGES = DOCS + sorted({inc for page in DOCS for inc in included(page)}) + [ROOT / "README.md"]
 SHELL = {"console", "shell", "sh", "bash"}
 LANGS = SHELL | {"python", "toml", "json", "nginx", "ini", "dockerfile"}
 SAMPLE_PORT = "9001"
@@ -134,6 +142,32 @@ ALL = [b for p in PAGES for b in blocks_of(p)]
 def test_there_are_samples() -> None:
     assert len(ALL) > 30
     assert any(b.page.name == "README.md" for b in ALL)
+
+
+def indented_code(page: pathlib.Path) -> list[int]:
+    """Lines that open an indented (unfenced) code block: a sample the test could not see."""
+    found = []
+    fence = None
+    prev = ""
+    for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        m = FENCE.match(line)
+        if m and (fence is None or line.lstrip().startswith(fence)):
+            fence = m.group(2) if fence is None else None
+            prev = line
+            continue
+        if fence is None and line.startswith("    ") and line.strip() and not prev.strip():
+            found.append(n)
+        prev = line
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_no_indented_code_blocks(page: pathlib.Path) -> None:
+    """Samples are fenced (so they are run or marked); README's two first command lines excepted."""
+    lines = indented_code(page)
+    if page.name == "README.md" and page.parent == ROOT:
+        lines = [n for n in lines if n != 3]  # the title's two commands, checked by the test below
+    assert not lines, f"{page.relative_to(ROOT)}: indented code at lines {lines}: fence it (```lang) and mark it"
 
 
 @pytest.mark.parametrize("block", ALL, ids=[b.where() for b in ALL])
