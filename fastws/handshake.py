@@ -38,6 +38,7 @@ __all__ = [
     "error_response",
 ]
 
+#: The GUID RFC 6455 appends to Sec-WebSocket-Key to compute Sec-WebSocket-Accept.
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADER_SIZE = 16 * 1024
 MAX_HEADERS = 128
