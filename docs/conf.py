@@ -27,6 +27,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "fastws_cli_reference",
+    "fastws_bars",
 ]
 
 source_suffix = {".md": "markdown"}
