@@ -26,6 +26,7 @@ message must contain it), ``http=/p`` (GET; the body must contain ``expect``),
 parent stopped while a worker is still starting waits out its shutdown timeout), ``tls`` (probe
 with wss://, the certificate not verified).
 A server must stop within 15 s of SIGTERM and log no traceback.
+``FASTWS_DOCS_TIMING=1 pytest -s tests/docs`` prints how long each block took.
 A ``run`` or plain Python block may also have ``expect=TEXT`` (its output must contain it).
 
 Port 9001 in a sample (code, command or file) is the sample port: the test replaces it by one free
@@ -368,7 +369,7 @@ class Page:
                 wait_port(port, self.redis_proc, "redis-server")
                 url = f"redis://127.0.0.1:{port}/0"
             # a database of our own, so other users of that Redis are not touched
-            self.redis_url = url.rsplit("/", 1)[0] + "/7" if re.search(r"/\d+$", url) else url
+            self.redis_url = re.sub(r"/\d*$", "", url) + "/7"
             import redis
 
             redis.Redis.from_url(self.redis_url).flushdb()
