@@ -117,7 +117,7 @@ class App:
             ``max_connections``, ``max_connections_per_ip``, ``queue_size``,
             ``queue_timeout``, ``max_buckets``; see :class:`~fastws.guards.Guards`)
             and server options (anything else: ``max_size``, ``ping_interval``,
-            ...), kept in :attr:`server_options` for ``fastws serve`` and
+            ...), kept in ``server_options`` for ``fastws serve`` and
             ``fastws.serve(app, ...)``.
 
     Example::

@@ -50,7 +50,7 @@ _INVALID = [("WWW-Authenticate", 'Bearer error="invalid_token"')]
 
 
 class InvalidToken(FastWSError):
-    """A token failed verification (raised by :meth:`JWTAuth.verify` and :meth:`JWTAuth.refresh`).
+    """A token failed verification (raised by :meth:`fastws.JWTAuth.verify` and :meth:`fastws.JWTAuth.refresh`).
 
     Attributes:
         reason: why, for logs (``"Signature has expired"``, ...); peers only see ``Invalid token``.
@@ -262,7 +262,7 @@ class JWTAuth:
 
         Cheap for other messages (a prefix test). Accepts ``str``, bytes-like or a
         :class:`fastws.Message`; a refresh must be TEXT starting with
-        :data:`REFRESH_PREFIX`. The answer is sent on ``ws`` (not awaited).
+        :data:`fastws.auth.REFRESH_PREFIX`. The answer is sent on ``ws`` (not awaited).
         """
         if not self.refresh_enabled:
             return False

@@ -135,12 +135,12 @@ class connect:
         max_size: largest incoming message (1009 beyond). Default 1 MiB.
         max_queue: messages buffered for ``recv()`` before reading pauses.
         open_timeout: bound on TCP connect plus handshake, seconds.
-        ping_interval / ping_timeout: keepalive (None: off).
+        ping_interval, ping_timeout: keepalive (None: off).
         close_timeout: bound on the closing handshake.
         ssl: an SSLContext for wss:// (default: the system's default context).
         server_hostname: TLS server name override.
         reconnect: with ``async for``, reconnect after a drop or a failed attempt.
-        backoff_initial / backoff_max / backoff_factor: reconnect delays (seconds),
+        backoff_initial, backoff_max, backoff_factor: reconnect delays (seconds),
             each multiplied by a random jitter in [0.5, 1.0].
         max_attempts: give up after this many failed attempts in a row (None: never).
         listener: a :class:`fastws.Listener` for the low-level callback API on this client

@@ -38,6 +38,7 @@ __all__ = [
     "error_response",
 ]
 
+#: The GUID RFC 6455 appends to Sec-WebSocket-Key to compute Sec-WebSocket-Accept.
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADER_SIZE = 16 * 1024
 MAX_HEADERS = 128
@@ -176,7 +177,7 @@ class Request:
     Attributes:
         method: ``"GET"`` for an upgrade.
         target: the request target as sent (path and query).
-        path: the decoded, normalised path, e.g. ``"/rooms/lobby"`` (see :func:`normalize_path`:
+        path: the decoded, normalised path, e.g. ``"/rooms/lobby"`` (see :func:`fastws.handshake.normalize_path`:
             the firewall, the routes and room names all see this one).
         query_string: the raw query (without ``?``).
         headers: :class:`Headers`.

@@ -7,10 +7,10 @@ Where the numbers come from:
   (``Endpoint.stats()``); they are read when someone scrapes, nothing runs per
   message here;
 - the layers above the engine (guards, rooms, storage, alarms) count into
-  :data:`recorder`, a :class:`Recorder` of plain integers: recording is a dict
+  :data:`fastws.recorder`, a :class:`Recorder` of plain integers: recording is a dict
   update, and aioprometheus is imported only when ``/metrics`` is rendered.
 
-A :class:`Server` built with ``metrics=True`` (the default) answers the paths of
+A :class:`fastws.Server` built with ``metrics=True`` (the default) answers the paths of
 an :class:`Observability` before the app sees the request.
 """
 
@@ -43,6 +43,7 @@ __all__ = [
     "quantile",
 ]
 
+#: The ``fastws.access`` logger: one record per upgrade (at close) and per refused or plain HTTP request.
 access_logger = logging.getLogger("fastws.access")
 logger = logging.getLogger("fastws")
 
@@ -284,7 +285,7 @@ class Observability:
             feed, a WebSocket, at ``dashboard_path + "/ws"``).
         health: serve ``/healthz`` and ``/readyz`` (never token-protected).
         interval: seconds between two dashboard updates.
-        rec: the :class:`Recorder` read (the process-wide :data:`recorder`).
+        rec: the :class:`Recorder` read (the process-wide :data:`fastws.recorder`).
         top_rooms: how many of the busiest rooms ``/analytics`` lists.
     """
 

@@ -230,8 +230,8 @@ class Proxy:
             payloads are then neither inflated nor deflated again on that leg). The
             client leg follows the server's ``compression``.
         max_size: largest message accepted from the backend (1009 beyond).
-        write_limit / max_write_buffer: the backend leg's flow-control limits.
-        ping_interval / ping_timeout: keepalive on the backend leg (None: off; client
+        write_limit, max_write_buffer: the backend leg's flow-control limits.
+        ping_interval, ping_timeout: keepalive on the backend leg (None: off; client
             PINGs are forwarded anyway).
         close_timeout: closing handshake bound on the backend leg.
         ssl: an SSLContext for a wss:// backend (default: the system's default context).

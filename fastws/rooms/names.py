@@ -1,8 +1,8 @@
 """Room names: what a valid one is, and the file name it maps to. The one place that decides both.
 
-A room name is what :class:`~fastws.rooms.RoomRouter` derives from the request (by default the
+A room name is what :class:`~fastws.RoomRouter` derives from the request (by default the
 normalised path without its leading ``/``; see :func:`fastws.handshake.normalize_path`) or what
-your ``room_name`` function or :meth:`~fastws.rooms.RoomRouter.forward` call gives it.
+your ``room_name`` function or :meth:`~fastws.RoomRouter.forward` call gives it.
 
 Valid: any string of 1 to :data:`MAX_ROOM_NAME` bytes in UTF-8 with no control character (C0,
 DEL, C1). Slashes, dots, spaces, ``%`` and any other Unicode are fine: names are compared as
@@ -24,6 +24,7 @@ import hashlib
 
 __all__ = ["MAX_ROOM_NAME", "InvalidRoomName", "check_room_name", "room_file_stem", "legacy_room_file_stem"]
 
+#: The longest room name, in bytes of UTF-8.
 MAX_ROOM_NAME = 255  # bytes of UTF-8
 
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_.-")

@@ -242,7 +242,7 @@ class RoomRouter:
             rooms`` (None: no cap). Default ``$FASTWS_MAX_ROOMS`` (``fastws serve --max-rooms``),
             else 10,000.
         new_rooms_per_ip: how fast one client IP may bring rooms into memory (a
-            :class:`~fastws.guards.RateLimit` or a spec such as ``"10/s"``); over it: ``429``
+            :class:`~fastws.RateLimit` or a spec such as ``"10/s"``); over it: ``429``
             with ``Retry-After``. None: no limit. Joining a room already in memory never counts.
             Default ``$FASTWS_NEW_ROOMS_PER_IP`` (``fastws serve --new-rooms-per-ip``; ``off``
             for none), else 10 per second in bursts of 100.
@@ -284,7 +284,7 @@ class RoomRouter:
 
     @property
     def cluster(self) -> Cluster | None:
-        """The cluster the rooms live in (None: this process only)."""
+        """The cluster the rooms live in, or None when they live in this process only."""
         return self._cluster if self._cluster is not None else cluster_from_env()
 
     # ------------------------------------------------------------ the registry
