@@ -18,7 +18,9 @@ fast crash, and ``MAX_FAST_CRASHES`` in a row stop the whole server (exit code 1
 SIGINT/SIGTERM the parent sends SIGTERM to every worker, waits for the shutdown timeout
 (default 10 s) plus 5 s, then SIGKILLs the stragglers. Workers ignore SIGINT (a Ctrl-C on the terminal
 reaches the whole process group; the parent alone decides) and ask the kernel for a
-SIGTERM when the parent dies, so no worker outlives a SIGKILLed supervisor.
+SIGTERM when the parent dies, so no worker outlives a SIGKILLed supervisor. Workers are
+forked with SIGINT/SIGTERM blocked and unblock them once their own handlers are set, so a
+stop signal that arrives while a worker is starting stops it too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from fastws.cli._common import CLIError
 from fastws.cli.serve import _listen_error, serve_one
 
 log = logging.getLogger("fastws")
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class Supervisor:
@@ -86,6 +90,7 @@ class Supervisor:
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent stops us with SIGTERM
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked across the fork (see _start)
         die_with_parent(signal.SIGTERM)  # graceful shutdown even when the parent is SIGKILLed
         if self._reserve is not None:
             self._reserve.close()
@@ -108,7 +113,15 @@ class Supervisor:
 
     def _start(self, slot: int) -> Any:
         p = self.ctx.Process(target=self._child, args=(slot,), name=f"fastws-worker-{slot}")
-        p.start()
+        # A SIGTERM that reached the child between the fork and its own signal setup would run the
+        # parent's handler (inherited with the fork), which only sets a flag: that worker would go
+        # on serving until the supervisor's SIGKILL. Forked with the stop signals blocked, the child
+        # receives such a signal once its own handlers are in place.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.workers[slot] = p
         self.started[slot] = time.monotonic()
         return p

@@ -629,3 +629,36 @@ def test_serve_room_limits_flags():
         assert status("/a") == 200          # the room in memory still answers
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_serve_workers_stop_on_sigterm_during_startup(attempt):
+    """SIGTERM while the other workers are still starting (the first one already listens): every
+    worker stops at once; none keeps serving until the supervisor's SIGKILL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(FASTWS + ["serve", "examples.echo:app", "--port", str(port), "--workers", "3",
+                                      "--shutdown-timeout", "1"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.005)
+        else:
+            raise AssertionError("the first worker never listened")
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert "killing it" not in err, err
+    assert took < 5.0, (took, err)  # the grace before SIGKILL is shutdown_timeout + 5 = 6 s
+    assert proc.returncode == 0, (proc.returncode, err)
