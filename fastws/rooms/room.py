@@ -34,6 +34,7 @@ import orjson
 from fastws.connection import Listener
 from fastws.exceptions import ConnectionClosed, FastWSError
 from fastws.metrics import recorder
+from fastws.rooms.history import History, no_history_error
 from fastws.rooms.storage import _DELETE, Storage, StorageError, StorageFull, legacy_room_path, room_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -135,7 +136,7 @@ class RoomSocket(Listener):
     socket: the connection, its tags and its attachment.
     """
 
-    __slots__ = ("conn", "_slot", "tags", "_att", "_id", "_auto_ts", "__weakref__")
+    __slots__ = ("conn", "_slot", "tags", "_att", "_id", "_auto_ts", "resumed", "__weakref__")
 
     def __init__(self, slot: RoomSlot, tags: Iterable[str] = (), attachment: Any = None) -> None:
         self.conn: Connection | None = None
@@ -144,6 +145,9 @@ class RoomSocket(Listener):
         self._att: bytes | None = None
         self._id: str | None = None
         self._auto_ts: float | None = None
+        #: after a ``?since=`` join: True (caught up from the room's history), False (told to
+        #: reset: the log could not serve it) or None (no since, or a malformed one)
+        self.resumed: bool | None = None
         if attachment is not None:
             self.attachment = attachment
 
@@ -281,6 +285,11 @@ class Room:
         synchronous: SQLite ``synchronous`` (``"FULL"``: a commit is fsynced before the
             messages it gates leave; ``"NORMAL"`` survives a process crash, not a power cut).
         alarm_retry_base: first retry delay of a failed alarm (doubles each time, 6 tries).
+        history: keep the last N broadcasts in an ordered log (0, the default: none). Each
+            broadcast to the whole room then leaves as an envelope with its offset, and a client
+            that reconnects with ``?since=<epoch>:<offset>`` gets what it missed
+            (``fastws.rooms.history``).
+        history_ttl: also drop log entries older than this many seconds (0: no age limit).
     """
 
     hibernate: bool | float = False
@@ -294,6 +303,8 @@ class Room:
     synchronous: str = "FULL"
     alarm_retry_base: float = 1.0
     alarm_max_tries: int = 6
+    history: int = 0
+    history_ttl: float = 0.0
 
     _slot: RoomSlot
 
@@ -415,7 +426,7 @@ class RoomSlot:
     __slots__ = ("ns", "name", "room", "sockets", "queue", "busy", "task", "blockers", "last_event",
                  "storage", "gate", "dropped", "auto", "batcher", "alarm_at", "alarm_handle",
                  "alarm_retry", "hook_started", "timed_out", "current", "closed", "all_conns", "messages",
-                 "__weakref__")
+                 "history", "__weakref__")
 
     def __init__(self, ns: _Namespace, name: str) -> None:
         self.ns = ns
@@ -443,6 +454,7 @@ class RoomSlot:
         self.closed = False
         self.all_conns: list[Any] | None = None  # cached connections of every socket (for broadcast)
         self.messages = 0                         # messages delivered to the room (metrics)
+        self.history: History | None = None       # the message log, while the room is awake
         cls = ns.room_class
         if cls.batch:
             from fastws._batch import Batcher
@@ -514,6 +526,7 @@ class RoomSlot:
         if self.room is not None:
             logger.error("fastws.rooms: room %r lost a write (%s); it restarts from its storage", self.name, exc)
             self.room = None
+            self.history = None  # it may hold entries that were never written: read it back too
 
     def send_now(self, sock: RoomSocket, data: str | bytes) -> None:
         conn = sock.conn
@@ -544,6 +557,12 @@ class RoomSlot:
                 self.hook_failed(sock, exc, "on_slow_consumer")
 
     def broadcast(self, message: Any, exclude: Any, tag: str | None) -> None:
+        h = self.history
+        if h is not None and tag is None and type(message) is not bytes:
+            if not h.loaded:
+                h.pending.append((message, exclude))  # sent once the log has been read back
+                return
+            message = self._log(h, message)
         if exclude is None:
             excl: Any = ()
         elif isinstance(exclude, RoomSocket):
@@ -569,6 +588,42 @@ class RoomSlot:
                 self.batch_add(s, message)
             return
         self.out(self._broadcast_now, targets, _jsonable(message))
+
+    def _log(self, h: History, message: Any) -> str:
+        """Give ``message`` the next offset, stage it in storage; its envelope (JSON text)."""
+        entry = h.append(message)
+        st = self.get_storage()
+        try:
+            st._log_append(entry, h.trim(entry[1]))
+        except BaseException:
+            h.entries.pop()
+            h.last -= 1
+            raise
+        st._put_meta("history_last", entry[0])
+        return entry[2]
+
+    async def _load_history(self) -> None:
+        """Read the log back from storage (a blocker: the room's events wait for it)."""
+        h = self.history
+        if h is None:
+            return
+        st = self.get_storage()
+        await st.open()
+        rows = await st._log_tail(h.limit, time.time() - h.ttl if h.ttl > 0 else 0.0)
+        if h.load(st.meta.get("history_epoch"), int(st.meta.get("history_last") or 0), rows):
+            st._put_meta("history_epoch", h.epoch)
+        pending, h.pending = h.pending, []
+        for message, exclude in pending:
+            self.broadcast(message, exclude, None)
+
+    def _resume(self, sock: RoomSocket, since: str) -> None:
+        """A socket joined with ``?since=``: what it missed (or why not), before anything newer."""
+        h = self.history
+        if h is None:
+            frame, sock.resumed = no_history_error(), None
+        else:
+            frame, sock.resumed = h.resume(since)
+        self.out(self.send_now, sock, frame)
 
     def _broadcast_conns(self, conns: list[Any], data: str | bytes) -> None:
         skipped = _engine_broadcast(conns, data, max_buffer=self.ns.room_class.max_buffered)
@@ -696,6 +751,12 @@ class RoomSlot:
         room = cls.__new__(cls)
         room._slot = self
         self.room = room
+        if cls.history and self.history is None:
+            self.history = History(cls.history, cls.history_ttl)
+            fut = asyncio.ensure_future(self._load_history())
+            if not self.blockers:
+                self.blockers = []
+            self.blockers.append(fut)
         try:
             cls.__init__(room)
         except Exception as exc:
@@ -789,6 +850,10 @@ class RoomSlot:
                     if self.auto is not None:
                         self._engine_auto(sock)
                     self._joined(sock)
+                    req = sock.request
+                    since = req.query_param("since") if req is not None else None
+                    if since is not None:
+                        self._resume(sock, since)
                 r = room.on_connect(sock)
             elif kind == CLOSE:
                 self.sockets.pop(sock, None)
@@ -892,6 +957,7 @@ class RoomSlot:
     async def evict(self) -> None:
         """Drop the room object (its sockets stay open) and close its database."""
         self.room = None
+        self.history = None
         st = self.storage
         if st is not None:
             self.storage = None

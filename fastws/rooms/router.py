@@ -28,6 +28,7 @@ from fastws.guards.ip import rate_key
 from fastws.guards.ratelimit import RateLimit
 from fastws.handshake import Request, Response
 from fastws.metrics import RoomInfo, recorder
+from fastws.rooms.history import History
 from fastws.rooms.names import InvalidRoomName, check_room_name
 from fastws.rooms.room import ACCEPT, REQUEST, Room, RoomSlot, RoomSocket
 from fastws.rooms.storage import StorageError, close_idle
@@ -54,6 +55,10 @@ class _Namespace:
                  cluster: Cluster | None = None) -> None:
         self.room_class = room_class
         self.cluster = cluster
+        if room_class.history:
+            if cluster is not None:
+                raise ValueError(f"{room_class.__name__}.history: a room's history is not available in a cluster yet")
+            History(room_class.history, room_class.history_ttl)  # checks the settings now, not at first use
         if cluster is not None:
             cluster.register(self)
         self.data_dir = data_dir

@@ -49,6 +49,8 @@ _SCHEMA = (
     " bin INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS _fastws_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
 )
+# a room's message log (fastws.rooms.history), created with its first entry
+_LOG_SCHEMA = "CREATE TABLE IF NOT EXISTS _fastws_log (offset INTEGER PRIMARY KEY, ts REAL NOT NULL, data TEXT NOT NULL)"
 
 
 class StorageError(FastWSError):
@@ -300,11 +302,18 @@ class _Db:
                 self._connect()
         return self.conn
 
-    def commit(self, kv: dict[str, Any], meta: dict[str, Any], delete_all: bool) -> int:
+    def commit(self, kv: dict[str, Any], meta: dict[str, Any], delete_all: bool,
+               log: list[tuple[int, float, str]] | None = None, log_from: int = 0) -> int:
         conn = self._c()
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if log or log_from:
+                conn.execute(_LOG_SCHEMA)
+                if log:
+                    conn.executemany("INSERT OR REPLACE INTO _fastws_log (offset, ts, data) VALUES (?, ?, ?)", log)
+                if log_from:
+                    conn.execute("DELETE FROM _fastws_log WHERE offset < ?", (log_from,))
             if delete_all:
                 conn.execute("DELETE FROM _fastws_kv")
             puts = [(k, v[0], v[1]) for k, v in kv.items() if v is not _DELETE]
@@ -327,6 +336,18 @@ class _Db:
             raise StorageError(f"commit to {self.path} failed: {exc}") from None
         self._count_pages(conn)
         return int(self.pages * self.page_size)
+
+    def log_tail(self, limit: int, since_ts: float) -> list[tuple[int, float, str]]:
+        """The newest ``limit`` log entries no older than ``since_ts``, oldest first."""
+        conn = self._c(create=False)
+        if conn is None:
+            return []
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_fastws_log'").fetchone() is None:
+            return []
+        rows = conn.execute("SELECT offset, ts, data FROM _fastws_log WHERE ts >= ? ORDER BY offset DESC LIMIT ?",
+                            (since_ts, limit)).fetchall()
+        rows.reverse()
+        return rows
 
     def get(self, keys: list[str]) -> dict[str, Any]:
         conn = self._c(create=False)
@@ -408,6 +429,8 @@ class Storage:
         self._chain = _Chain(loop)
         self._kv: dict[str, Any] = {}  # staged: key -> (encoded, bin) | _DELETE
         self._meta: dict[str, Any] = {}
+        self._log: builtins.list[tuple[int, float, str]] = []  # staged log entries
+        self._log_from = 0  # staged: drop log entries older than this offset
         self._delete_all = False
         self._staged_bytes = 0
         self._size = 0  # bytes on disk after the last commit
@@ -485,11 +508,17 @@ class Storage:
             return
         self._scheduled = False
         kv, meta, delete_all = self._kv, self._meta, self._delete_all
+        log, log_from = self._log, self._log_from
         self._kv, self._meta, self._delete_all, self._staged_bytes = {}, {}, False, 0
+        if log or log_from:
+            self._log, self._log_from = [], 0
         seq = self._seq
         self._touch()
         t0 = time.perf_counter()
-        fut = self._chain.submit(self._db.commit, kv, meta, delete_all)
+        if log or log_from:
+            fut = self._chain.submit(self._db.commit, kv, meta, delete_all, log, log_from)
+        else:
+            fut = self._chain.submit(self._db.commit, kv, meta, delete_all)
         self._last_commit = fut
         fut.add_done_callback(lambda f: self._committed_cb(seq, f, t0))
 
@@ -632,6 +661,20 @@ class Storage:
             self.meta.pop(key, None)
         else:
             self.meta[key] = value
+
+    # ------------------------------------------------------------ the message log (history)
+
+    def _log_append(self, entry: tuple[int, float, str], first: int) -> None:
+        """Stage one log entry, and the trim that keeps offsets from ``first`` on."""
+        if self._size + self._staged_bytes + len(entry[2]) + 32 > self.quota:
+            raise StorageFull(f"room {self._db.name or self.path}: the history would take it over its quota")
+        self._stage()
+        self._log.append(entry)
+        self._log_from = first
+        self._staged_bytes += len(entry[2]) + 32
+
+    async def _log_tail(self, limit: int, since_ts: float) -> builtins.list[tuple[int, float, str]]:
+        return await self._read(self._db.log_tail, limit, since_ts)  # type: ignore[no-any-return]
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.error is not None:
