@@ -104,9 +104,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 
 return 0
 """
 
-# KEYS: lease kv keys members meta inbox alarms
+# KEYS: lease kv keys members meta inbox alarms log
 # ARGV: lease-value cursor delete-all alarm-op alarm-member, then counted groups:
-#   puts (k v)*, dels k*, member sets (id rec)*, member dels id*, publishes (channel payload)*
+#   puts (k v)*, dels k*, member sets (id rec)*, member dels id*,
+#   the message log: new-epoch ('' or the epoch: the log restarts), keep-from ('' or the oldest
+#   offset kept), entries (offset time envelope)*; then publishes (channel payload)*
 FLUSH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local delta = 0
@@ -156,6 +158,17 @@ elseif ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[7], ARGV[4], ARGV[5])
 end
 if delta ~= 0 then redis.call('HINCRBY', KEYS[5], 'bytes', delta) end
+if ARGV[i] ~= '' then
+  redis.call('DEL', KEYS[8])
+  redis.call('HSET', KEYS[5], 'history_epoch', ARGV[i], 'history_last', 0)
+end
+local keep = ARGV[i + 1]
+n = tonumber(ARGV[i + 2]); i = i + 3
+for _ = 1, n do
+  redis.call('XADD', KEYS[8], ARGV[i] .. '-1', 't', ARGV[i + 1], 'e', ARGV[i + 2])
+  redis.call('HSET', KEYS[5], 'history_last', ARGV[i]); i = i + 3
+end
+if keep ~= '' then redis.call('XTRIM', KEYS[8], 'MINID', keep) end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('PUBLISH', ARGV[i], ARGV[i + 1]); i = i + 2

@@ -148,7 +148,8 @@ class ClusterSlot(RoomSlot):
         self.lease = ""
         self.ensuring: asyncio.Future[None] | None = None
         base = self.cluster.room_key(ns.room_class.__name__, name)
-        self._keys = {k: f"{base}:{k}" for k in ("lease", "fence", "kv", "keys", "members", "meta", "in", "out")}
+        self._keys = {k: f"{base}:{k}" for k in ("lease", "fence", "kv", "keys", "members", "meta", "in", "out",
+                                                        "log")}
         self.inbox_last = "0-0"
         self.cursor = ""
         self.by_id: dict[str, RoomSocket] = {}
@@ -349,6 +350,11 @@ class ClusterSlot(RoomSlot):
     def broadcast(self, message: Any, exclude: Any, tag: str | None) -> None:
         if self.role != "owner":
             return
+        h = self.history
+        if h is not None and tag is None and type(message) is not bytes:
+            message = self._logged(h, message, exclude)
+            if message is None:
+                return
         if exclude is None:
             excl: Any = ()
         elif isinstance(exclude, RoomSocket):
@@ -461,7 +467,7 @@ class ClusterSlot(RoomSlot):
             b, self.retry = self.retry, None
             from fastws.cluster import FLUSH
 
-            pipe.eval(FLUSH, 7, *self._flush_keys(), *b.args)
+            pipe.eval(FLUSH, 8, *self._flush_keys(), *b.args)
             self.cluster.schedule(self)  # what was staged since goes in the next pipeline
             return b, 1
         st: Any = self.storage
@@ -470,8 +476,11 @@ class ClusterSlot(RoomSlot):
         delete_all = False
         alarm = ""
         seq = 0
+        log: list[Any] = []
+        epoch = keep = ""
         if st is not None and st.dirty:
             puts, dels, delete_all, alarm, seq = st.take()
+            log, epoch, keep = st.take_log()
         recs, self.turn_recs = self.turn_recs, []
         pubs: list[Any] = []
         if recs:
@@ -487,13 +496,14 @@ class ClusterSlot(RoomSlot):
             return None
         args: list[Any] = [self.lease, cursor, "1" if delete_all else "0", alarm,
                            f"{self.ns.room_class.__name__}\x00{self.name}", len(puts) // 2, *puts, len(dels), *dels,
-                           len(mset), *[x for kv in mset.items() for x in kv], len(mdel), *mdel, len(pubs) // 2, *pubs]
-        pipe.evalsha(sha["flush"], 7, *self._flush_keys(), *args)
+                           len(mset), *[x for kv in mset.items() for x in kv], len(mdel), *mdel,
+                           epoch, keep, len(log) // 3, *log, len(pubs) // 2, *pubs]
+        pipe.evalsha(sha["flush"], 8, *self._flush_keys(), *args)
         return _OwnerBatch(self, local, seq, args), 1
 
     def _flush_keys(self) -> list[str]:
         k = self._keys
-        return [k["lease"], k["kv"], k["keys"], k["members"], k["meta"], k["in"], self.cluster.alarms_key]
+        return [k["lease"], k["kv"], k["keys"], k["members"], k["meta"], k["in"], self.cluster.alarms_key, k["log"]]
 
     def _discard_turn(self) -> None:
         self.turn_local, self.turn_recs, self.turn_replies = [], [], []
@@ -532,6 +542,22 @@ class ClusterSlot(RoomSlot):
                 else:
                     keep.append((seq, fut))
             self.waiters = keep
+
+    async def _read_history(self, limit: int, since_ts: float) -> tuple[str | None, int, list[Any]]:
+        """The log's epoch, last offset and newest entries (oldest first), read from Redis."""
+        st: Any = self.get_storage()
+        await st.sync()  # nothing of this owner's own still on its way
+        pipe = self.cluster.redis.pipeline(transaction=False)
+        pipe.hmget(self.key("meta"), ["history_epoch", "history_last"])
+        pipe.xrevrange(self.key("log"), "+", "-", count=limit)
+        (epoch, last), entries = await pipe.execute()
+        rows = []
+        for sid, fields in reversed(entries):
+            sid = sid.decode() if isinstance(sid, bytes) else sid
+            ts = float(fields[b"t"])
+            if ts >= since_ts:
+                rows.append((int(sid.split("-", 1)[0]), ts, fields[b"e"].decode("utf-8")))
+        return (epoch.decode() if epoch else None), int(last or 0), rows
 
     def durable(self, seq: int) -> asyncio.Future[None]:
         return self.wait_committed(seq)
@@ -700,6 +726,7 @@ class ClusterSlot(RoomSlot):
         if self.task is not None:
             self.task.cancel()
         self.room = None
+        self.history = None
         self.storage = None
         if self.alarm_handle is not None:
             self.alarm_handle.cancel()
@@ -774,6 +801,9 @@ class RedisStorage:
         self._staged_bytes = 0
         self._seq = 0
         self._committed = 0
+        self._log: list[Any] = []  # staged log entries: offset, time, envelope (flat)
+        self._log_from = ""        # staged: the oldest offset the log keeps
+        self._epoch = ""           # staged: a new epoch (the log starts again)
         self.dirty = False
         self.meta: dict[str, Any] = {}
         self.opened = True
@@ -829,6 +859,19 @@ class RedisStorage:
         self.slot.bytes_used += self._staged_bytes
         self._kv, self._delete_all, self._alarm, self._staged_bytes, self.dirty = {}, False, "", 0, False
         return out
+
+    def take_log(self) -> tuple[list[Any], str, str]:
+        out = (self._log, self._epoch, self._log_from)
+        self._log, self._epoch, self._log_from = [], "", ""
+        return out
+
+    def _log_append(self, entry: tuple[int, float, str], first: int) -> None:
+        """Stage one log entry (in the room's stream ``<room>:log``, id ``<offset>-1``) and the
+        trim that keeps offsets from ``first`` on. The log is bounded by ``Room.history`` and
+        does not count against ``storage_quota`` in a cluster."""
+        self._stage()
+        self._log += [entry[0], repr(entry[1]), entry[2]]
+        self._log_from = str(first)
 
     def _flush(self) -> None:
         """Staged writes leave with the room's next flush (at the end of this turn)."""
@@ -938,8 +981,12 @@ class RedisStorage:
         return Transaction(self)  # type: ignore[arg-type]
 
     def _put_meta(self, key: str, value: Any) -> None:
-        if key != "alarm":
+        if key == "history_epoch":
+            self._stage()
+            self._epoch = value
             return
+        if key != "alarm":
+            return  # history_last goes with the entries
         self._stage()
         if value is _DELETE:
             self._alarm = "-"

@@ -24,6 +24,11 @@ last N broadcasts in an ordered log:
 4. *Memory.* The entries live in memory while the room is awake (read back from its file when
    it wakes) and on disk; both are trimmed to the newest ``history`` entries (and to
    ``history_ttl`` seconds) as new ones come.
+5. *In a cluster* the durable side is a Redis stream, ``<room>:log`` (ids ``<offset>-1``), and
+   the epoch and last offset are in the room's meta hash: the owner's fenced flush adds and
+   trims entries in the same script as the writes made before them, and a new owner reads the
+   log back when the room wakes on it, so offsets go on from the last committed one whichever
+   node owns the room, and a deposed owner can add nothing.
 
 What is not logged: broadcasts to a tag (they do not go to the whole room) and bytes messages
 (an envelope is JSON text); they are sent as before.
@@ -57,7 +62,7 @@ def parse_since(value: str) -> tuple[str, int] | None:
 class History:
     """The in-memory side of one room's log (its storage holds the durable side)."""
 
-    __slots__ = ("limit", "ttl", "epoch", "last", "entries", "loaded", "pending")
+    __slots__ = ("limit", "ttl", "epoch", "last", "entries", "loaded", "pending", "error")
 
     def __init__(self, limit: int, ttl: float = 0.0) -> None:
         if not 0 < limit <= MAX_HISTORY:
@@ -71,6 +76,7 @@ class History:
         self.entries: deque[tuple[int, float, str]] = deque()  # (offset, time, envelope), oldest first
         self.loaded = False
         self.pending: list[Any] = []      # broadcasts made before the log was read back
+        self.error = ""                   # why reading it back failed (until the room wakes again)
 
     def load(self, epoch: str | None, last: int, rows: list[tuple[int, float, str]]) -> bool:
         """Take what storage holds (rows oldest first). Returns True when a new epoch was made."""
@@ -109,6 +115,8 @@ class History:
     def resume(self, since: str) -> tuple[str, bool | None]:
         """The frame for a client that saw everything up to ``since``, and whether it resumed
         (True), must reset (False) or sent a malformed value (None)."""
+        if self.error:
+            return _error("this room's history is unavailable"), None
         parsed = parse_since(since)
         if parsed is None:
             return _error("since must be <epoch>:<offset>, as in the last message's envelope"), None

@@ -559,10 +559,9 @@ class RoomSlot:
     def broadcast(self, message: Any, exclude: Any, tag: str | None) -> None:
         h = self.history
         if h is not None and tag is None and type(message) is not bytes:
-            if not h.loaded:
-                h.pending.append((message, exclude))  # sent once the log has been read back
+            message = self._logged(h, message, exclude)
+            if message is None:
                 return
-            message = self._log(h, message)
         if exclude is None:
             excl: Any = ()
         elif isinstance(exclude, RoomSocket):
@@ -589,6 +588,16 @@ class RoomSlot:
             return
         self.out(self._broadcast_now, targets, _jsonable(message))
 
+    def _logged(self, h: History, message: Any, exclude: Any) -> str | None:
+        """``message`` in its envelope, logged; None when it waits for the log to be read back."""
+        if not h.loaded:
+            if h.error:
+                raise StorageError(f"room {self.name!r}: its history could not be read ({h.error}); "
+                                   "nothing is broadcast until the room wakes again")
+            h.pending.append((message, exclude))  # sent once the log has been read back
+            return None
+        return self._log(h, message)
+
     def _log(self, h: History, message: Any) -> str:
         """Give ``message`` the next offset, stage it in storage; its envelope (JSON text)."""
         entry = h.append(message)
@@ -603,18 +612,37 @@ class RoomSlot:
         return entry[2]
 
     async def _load_history(self) -> None:
-        """Read the log back from storage (a blocker: the room's events wait for it)."""
+        """Read the log back from storage (a blocker: the room's events wait for it). When that
+        fails, what was broadcast meanwhile is dropped and every later broadcast raises
+        StorageError, until the room wakes again (after hibernation, or a lost write): a room
+        never sends without offsets, nor holds its broadcasts for ever."""
         h = self.history
         if h is None:
             return
-        st = self.get_storage()
-        await st.open()
-        rows = await st._log_tail(h.limit, time.time() - h.ttl if h.ttl > 0 else 0.0)
-        if h.load(st.meta.get("history_epoch"), int(st.meta.get("history_last") or 0), rows):
-            st._put_meta("history_epoch", h.epoch)
+        try:
+            epoch, last, rows = await self._read_history(h.limit, time.time() - h.ttl if h.ttl > 0 else 0.0)
+        except Exception as exc:
+            if self.history is h:
+                h.error = str(exc) or type(exc).__name__
+                logger.error("fastws.rooms: room %r: reading its history failed (%s): its broadcasts fail until "
+                             "it wakes again%s", self.name, h.error,
+                             f"; {len(h.pending)} broadcasts dropped" if h.pending else "")
+                h.pending = []
+            return
+        if self.history is not h:  # evicted or lost meanwhile
+            return
+        if h.load(epoch, last, rows):
+            self.get_storage()._put_meta("history_epoch", h.epoch)
         pending, h.pending = h.pending, []
         for message, exclude in pending:
             self.broadcast(message, exclude, None)
+
+    async def _read_history(self, limit: int, since_ts: float) -> tuple[str | None, int, list[Any]]:
+        """The log's epoch (None: no log yet), last offset and newest entries, oldest first."""
+        st = self.get_storage()
+        await st.open()
+        rows = await st._log_tail(limit, since_ts)
+        return st.meta.get("history_epoch"), int(st.meta.get("history_last") or 0), rows
 
     def _resume(self, sock: RoomSocket, since: str) -> None:
         """A socket joined with ``?since=``: what it missed (or why not), before anything newer."""

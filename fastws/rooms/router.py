@@ -56,8 +56,6 @@ class _Namespace:
         self.room_class = room_class
         self.cluster = cluster
         if room_class.history:
-            if cluster is not None:
-                raise ValueError(f"{room_class.__name__}.history: a room's history is not available in a cluster yet")
             History(room_class.history, room_class.history_ttl)  # checks the settings now, not at first use
         if cluster is not None:
             cluster.register(self)

@@ -37,3 +37,4 @@ class Plain(Room):
 
 
 app = RoomRouter(Chat)
+short_app = RoomRouter(Short)

@@ -295,3 +295,48 @@ async def test_kill_9_mid_stream_then_resume_misses_nothing_and_doubles_nothing(
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+
+@pytest.mark.allow_errors
+async def test_a_log_that_cannot_be_read_fails_broadcasts_loudly_and_the_server_goes_on(serve, tmp_path, caplog):
+    """The room's file opens but its log table is damaged: a resume is told the history is
+    unavailable, a broadcast raises StorageError in the hook (never leaves without an offset,
+    never waits for ever), and another room of the same server is unaffected."""
+    import sqlite3
+
+    from fastws.rooms.storage import room_path
+
+    data = str(tmp_path)
+    server = await serve(RoomRouter(Chat, data_dir=data))
+    a, _, _ = await join(server.url + "/broken")
+    await send_all(a, ["a"], a)
+    await a.close()
+    await server.shutdown(timeout=2)
+    db = sqlite3.connect(room_path(data, "Chat", "broken"))
+    db.execute("ALTER TABLE _fastws_log RENAME COLUMN data TO damaged")
+    db.commit()
+    db.close()
+
+    errors: list[BaseException] = []
+
+    class Watched(Chat):
+        def on_error(self, ws, exc):
+            errors.append(exc)
+
+    Watched.__name__ = "Chat"
+    server = await serve(RoomRouter(Watched, data_dir=data))
+    ws, frame, welcome = await join(server.url + "/broken", "00:1")
+    assert frame == {"type": "error", "reason": "this room's history is unavailable"}
+    assert welcome["resumed"] is None
+    await ws.send("hello")
+    await until(lambda: errors)
+    assert "history could not be read" in str(errors[0])
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(ws.recv(), 0.3)    # nothing went out without its offset
+    other, _, _ = await join(server.url + "/fine")
+    envs = await send_all(other, ["ok"], other)
+    assert envs[0]["offset"] == 1
+    assert any("reading its history failed" in r.getMessage() for r in caplog.records)
+    await ws.close()
+    await other.close()
