@@ -608,7 +608,6 @@ class RoomSlot:
             h.entries.pop()
             h.last -= 1
             raise
-        st._put_meta("history_last", entry[0])
         return entry[2]
 
     async def _load_history(self) -> None:
@@ -641,8 +640,8 @@ class RoomSlot:
         """The log's epoch (None: no log yet), last offset and newest entries, oldest first."""
         st = self.get_storage()
         await st.open()
-        rows = await st._log_tail(limit, since_ts)
-        return st.meta.get("history_epoch"), int(st.meta.get("history_last") or 0), rows
+        last, rows = await st._log_tail(limit, since_ts)  # the table keeps its newest entry: the last offset
+        return st.meta.get("history_epoch"), max(last, int(st.meta.get("history_last") or 0)), rows
 
     def _resume(self, sock: RoomSocket, since: str) -> None:
         """A socket joined with ``?since=``: what it missed (or why not), before anything newer."""

@@ -50,6 +50,8 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS _fastws_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
 )
 # a room's message log (fastws.rooms.history), created with its first entry
+LOG_TRIM_STEP = 64  # the log table is trimmed when this many entries are past the limit
+LOG_COUNT_EVERY = 256 << 10  # log-only commits count the file's pages after this many bytes
 _LOG_SCHEMA = "CREATE TABLE IF NOT EXISTS _fastws_log (offset INTEGER PRIMARY KEY, ts REAL NOT NULL, data TEXT NOT NULL)"
 
 
@@ -211,7 +213,7 @@ class _Db:
     """The SQLite side (runs on pool threads, one job at a time per room)."""
 
     __slots__ = ("path", "quota", "synchronous", "conn", "page_size", "pages", "error", "name", "legacy",
-                 "absent")
+                 "absent", "log_low", "estimated")
 
     def __init__(self, path: str, quota: int, synchronous: str, name: str | None = None,
                  legacy: str | None = None) -> None:
@@ -225,6 +227,10 @@ class _Db:
         self.page_size = 4096
         self.pages = 0
         self.error: StorageError | None = None
+        # the oldest log offset the table may still hold (None: not known on this connection,
+        # the log table may not exist yet)
+        self.log_low: int | None = None
+        self.estimated = 0  # bytes added by log-only commits since the pages were last counted
 
     def open(self) -> dict[str, Any]:
         """Open the file if there is one; a room that never wrote has none (and gets none until
@@ -308,12 +314,20 @@ class _Db:
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
+            low = self.log_low
             if log or log_from:
-                conn.execute(_LOG_SCHEMA)
+                if low is None:
+                    conn.execute(_LOG_SCHEMA)
                 if log:
                     conn.executemany("INSERT OR REPLACE INTO _fastws_log (offset, ts, data) VALUES (?, ?, ?)", log)
-                if log_from:
-                    conn.execute("DELETE FROM _fastws_log WHERE offset < ?", (log_from,))
+                # trimmed in steps (readers take the newest entries only): not a DELETE per entry;
+                # the newest entry always stays, so the table knows the last offset
+                if log and log_from and (low is None or log_from - low >= LOG_TRIM_STEP):
+                    keep = min(log_from, log[-1][0])
+                    conn.execute("DELETE FROM _fastws_log WHERE offset < ?", (keep,))
+                    low = keep
+                elif low is None:
+                    low = 0
             if delete_all:
                 conn.execute("DELETE FROM _fastws_kv")
             puts = [(k, v[0], v[1]) for k, v in kv.items() if v is not _DELETE]
@@ -328,26 +342,35 @@ class _Db:
                 else:
                     conn.execute("INSERT OR REPLACE INTO _fastws_meta (key, value) VALUES (?, ?)", (k, v))
             conn.execute("COMMIT")
+            self.log_low = low
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
                 raise StorageFull(f"room database {self.path} is over its quota of {self.quota} bytes") from None
             raise StorageError(f"commit to {self.path} failed: {exc}") from None
+        if log and not (kv or meta or delete_all) and self.estimated < LOG_COUNT_EVERY:
+            # a log-only commit: the pages are counted every LOG_COUNT_EVERY bytes of entries
+            # (two PRAGMAs cost as much as the commit); the quota check uses the estimate
+            self.estimated += sum(len(e[2]) + 32 for e in log)
+            return int(self.pages * self.page_size) + self.estimated
+        self.estimated = 0
         self._count_pages(conn)
         return int(self.pages * self.page_size)
 
-    def log_tail(self, limit: int, since_ts: float) -> list[tuple[int, float, str]]:
-        """The newest ``limit`` log entries no older than ``since_ts``, oldest first."""
+    def log_tail(self, limit: int, since_ts: float) -> tuple[int, list[tuple[int, float, str]]]:
+        """The last offset logged, and the newest ``limit`` entries no older than ``since_ts``,
+        oldest first."""
         conn = self._c(create=False)
         if conn is None:
-            return []
+            return 0, []
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_fastws_log'").fetchone() is None:
-            return []
+            return 0, []
+        last = conn.execute("SELECT MAX(offset) FROM _fastws_log").fetchone()[0] or 0
         rows = conn.execute("SELECT offset, ts, data FROM _fastws_log WHERE ts >= ? ORDER BY offset DESC LIMIT ?",
                             (since_ts, limit)).fetchall()
         rows.reverse()
-        return rows
+        return last, rows
 
     def get(self, keys: list[str]) -> dict[str, Any]:
         conn = self._c(create=False)
@@ -401,6 +424,7 @@ class _Db:
         return rows
 
     def close(self) -> None:
+        self.log_low = None
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -435,6 +459,8 @@ class Storage:
         self._staged_bytes = 0
         self._size = 0  # bytes on disk after the last commit
         self._scheduled = False
+        self._inflight = 0  # commits handed to the chain and not done yet
+        self._deferred = False  # a batch waits for the commit in flight (group commit)
         self._seq = 0  # last batch number handed out
         self._committed = 0
         self._last_commit: asyncio.Future[Any] | None = None
@@ -499,11 +525,22 @@ class Storage:
         if not self._scheduled:
             self._scheduled = True
             self._seq += 1
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush_turn)
         return self._seq
 
+    def _flush_turn(self) -> None:
+        """The end of a turn that staged writes. While a commit is in flight the batch stays
+        open: the writes of the turns until that commit is done go in one transaction (group
+        commit: one commit in flight at a time, so a busy room does not queue a commit per
+        turn; the output they gate leaves when it is done, as it would have queued anyway)."""
+        if self._inflight and self.error is None:
+            self._deferred = True
+            return
+        self._flush()
+
     def _flush(self) -> None:
-        """Hand the staged batch to the chain (called once per loop turn, and before reads)."""
+        """Hand the staged batch to the chain (at the end of a turn, and before reads)."""
+        self._deferred = False
         if not self._scheduled:
             return
         self._scheduled = False
@@ -520,9 +557,18 @@ class Storage:
         else:
             fut = self._chain.submit(self._db.commit, kv, meta, delete_all)
         self._last_commit = fut
+        self._inflight += 1
         fut.add_done_callback(lambda f: self._committed_cb(seq, f, t0))
 
     def _committed_cb(self, seq: int, fut: asyncio.Future[Any], t0: float = 0.0) -> None:
+        self._inflight -= 1
+        try:
+            self._commit_done(seq, fut, t0)
+        finally:
+            if self._deferred and not self._inflight:
+                self._flush()
+
+    def _commit_done(self, seq: int, fut: asyncio.Future[Any], t0: float) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -673,7 +719,7 @@ class Storage:
         self._log_from = first
         self._staged_bytes += len(entry[2]) + 32
 
-    async def _log_tail(self, limit: int, since_ts: float) -> builtins.list[tuple[int, float, str]]:
+    async def _log_tail(self, limit: int, since_ts: float) -> tuple[int, builtins.list[tuple[int, float, str]]]:
         return await self._read(self._db.log_tail, limit, since_ts)  # type: ignore[no-any-return]
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:

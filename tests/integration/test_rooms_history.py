@@ -340,3 +340,30 @@ async def test_a_log_that_cannot_be_read_fails_broadcasts_loudly_and_the_server_
     assert any("reading its history failed" in r.getMessage() for r in caplog.records)
     await ws.close()
     await other.close()
+
+
+class Brief(Chat):
+    history_ttl = 0.2
+
+
+async def test_history_ttl_drops_old_entries_and_offsets_go_on_after_a_restart(serve, tmp_path):
+    data = str(tmp_path)
+    server = await serve(RoomRouter(Brief, data_dir=data))
+    a, _, _ = await join(server.url + "/ttl")
+    envs = await send_all(a, ["a", "b", "c"], a)
+    epoch = envs[0]["epoch"]
+    await asyncio.sleep(0.5)                          # all three are older than history_ttl now
+    b, frame, _ = await join(server.url + "/ttl", f"{epoch}:1")
+    assert frame["type"] == "reset" and frame["reason"] == "trimmed"
+    await b.close()
+    await a.close()
+    await server.shutdown(timeout=2)
+
+    server = await serve(RoomRouter(Brief, data_dir=data))
+    c, frame, welcome = await join(server.url + "/ttl", f"{epoch}:3")
+    # the log is empty of live entries, yet it knows where it stopped: nothing missed, same epoch
+    assert frame == {"type": "history", "epoch": epoch, "since": 3, "offset": 3, "messages": []}
+    assert welcome["resumed"] is True
+    await c.send("d")
+    assert (await recv_json(c))["offset"] == 4
+    await c.close()

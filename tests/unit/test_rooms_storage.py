@@ -240,3 +240,30 @@ async def test_idle_and_least_recently_used_connections_are_closed(tmp_path, mon
     for st in stores:
         await st.close()
     assert not any(st in storage_mod._connected for st in stores)
+
+
+async def test_writes_made_while_a_commit_is_in_flight_go_in_one_transaction(tmp_path):
+    """Group commit: with one commit in flight, the writes of the turns after it wait and go
+    together in the next one (a commit per turn would queue behind it anyway); each turn's
+    gated output is released once its write is committed, in order."""
+    import threading
+
+    committed: list[int] = []
+    st = make(tmp_path, on_commit=committed.append)
+    gate = threading.Event()
+    await st.put("first", 0)
+    blocked = st._chain.submit(gate.wait, 5)  # the pool thread busy: the first commit stays in flight
+    await asyncio.sleep(0)                    # end of turn: the first batch goes to the chain
+    seqs = []
+    for i in range(10):                       # ten more turns, each with a write
+        await st.put(f"k{i}", i)
+        seqs.append(st.seq)
+        await asyncio.sleep(0)
+    assert committed == [] and st.pending
+    assert seqs == [2] * 10                   # the ten turns share one batch
+    gate.set()
+    await blocked
+    await st.sync()
+    assert committed == [1, 2] and not st.pending   # two transactions, not eleven
+    assert await st.get(["first", "k9"]) == {"first": 0, "k9": 9}
+    await st.close()
