@@ -72,6 +72,7 @@ cdef class Input(Output):
     cdef void _block_reading(self, int reason, bint on)
     cdef object _closed_exc(self)
     cdef object _next(self, bint anext)
+    cdef void _queue_pending(self, int code, str reason, bint failure)
     cdef void _call_listener(self, object cb, tuple args=*)
     cdef void _listener_error(self, object exc)
 

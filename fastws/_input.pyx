@@ -324,18 +324,23 @@ cdef class Input(Output):
         self._input_closed = True
         if self._listener is None and (self._queue or self._handed) and not self._close_sent:
             # messages are still queued (or being handled): answer the CLOSE after the application read them
-            if self._queue is None:
-                self._queue = _deque()
-            p = _Pending()
-            p.code = code
-            p.reason = reason
-            p.failure = False
-            self._queue.append(p)
-            self._deadline = _now() + self.endpoint.close_timeout
-            self._block_reading(READ_PENDING, True)
+            self._queue_pending(code, reason, False)
             return 0
         self._answer_close()
         return 0
+
+    cdef void _queue_pending(self, int code, str reason, bint failure):
+        """Queue a CLOSE (``failure`` False) or a failure behind the messages the application has
+        not read yet, stop reading, and bound the wait by the close timeout."""
+        if self._queue is None:
+            self._queue = _deque()
+        p = _Pending()
+        p.code = code
+        p.reason = reason
+        p.failure = failure
+        self._queue.append(p)
+        self._deadline = _now() + self.endpoint.close_timeout
+        self._block_reading(READ_PENDING, True)
 
     cdef bint _settle_pending(self):
         """The app stops reading: drop queued messages and handle a waiting CLOSE/failure now."""

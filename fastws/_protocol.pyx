@@ -664,15 +664,7 @@ cdef class Connection(Input, asyncio.BufferedProtocol):
         logger.debug("fastws: failing %s with %d (%s)", self.remote_address, code, reason)
         self._input_closed = True
         if self._listener is None and (self._queue or self._handed) and self._state == OPEN and not self._close_sent:
-            if self._queue is None:
-                self._queue = _deque()
-            p = _Pending()
-            p.code = code
-            p.reason = reason
-            p.failure = True
-            self._queue.append(p)
-            self._deadline = _now() + self.endpoint.close_timeout
-            self._block_reading(READ_PENDING, True)
+            self._queue_pending(code, reason, True)
             return
         self._fail_now(code, reason)
 
