@@ -135,6 +135,8 @@ export declare class FastWSClient extends EventTarget {
   /** the last envelope's "<epoch>:<offset>", or null */
   readonly since: string | null;
   readonly queued: number;
+  /** the WebSocket in use (open or opening), or null between attempts */
+  readonly socket: InstanceType<WebSocketLike> | null;
   send(data: string | ArrayBufferLike | ArrayBufferView | Blob | unknown): void;
   close(code?: number, reason?: string): void;
   addEventListener<K extends keyof FastWSClientEventMap>(

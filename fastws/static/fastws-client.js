@@ -145,6 +145,11 @@ export class FastWSClient extends EventTarget {
     return this._position ? `${this._position.epoch}:${this._position.offset}` : null;
   }
 
+  /** The WebSocket in use (open or opening), or null between attempts. */
+  get socket() {
+    return this._ws;
+  }
+
   /** Messages waiting for a socket. */
   get queued() {
     return this._queue.length;
