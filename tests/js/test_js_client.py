@@ -3,8 +3,9 @@
 package's contents (``npm pack --dry-run``), and the server route that serves the module.
 
 Node and npm are required (CI machines have them): a missing one fails these tests. The ``ws``
-package is installed by ``npm ci`` from tests/js/package-lock.json when tests/js/node_modules
-lacks it."""
+and ``typescript`` packages (tests/js/package.json's devDependencies; the published package has
+none) are installed by ``npm ci`` from tests/js/package-lock.json when tests/js/node_modules
+lacks one."""
 
 from __future__ import annotations
 
@@ -35,9 +36,12 @@ def _tool(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def node_modules() -> str:
-    """tests/js/node_modules with the locked ``ws``, installed by ``npm ci`` when missing."""
+    """tests/js/node_modules with the locked devDependencies (``ws``, ``typescript``), installed by
+    ``npm ci`` when one is missing."""
     _tool("node")
-    if not os.path.exists(os.path.join(JS, "node_modules", "ws", "package.json")):
+    with open(os.path.join(JS, "package.json")) as f:
+        wanted = json.load(f)["devDependencies"]
+    if not all(os.path.exists(os.path.join(JS, "node_modules", name, "package.json")) for name in wanted):
         done = subprocess.run([_tool("npm"), "ci", "--no-audit", "--no-fund"], cwd=JS, capture_output=True,
                               text=True, timeout=300)
         if done.returncode != 0:
@@ -149,3 +153,21 @@ async def test_js_client_false_leaves_the_path_to_the_app(serve):
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://{host}:{port}/fastws-client.js") as r:
             assert r.status == 200 and await r.text() == "the app's own"
+
+
+def test_the_declarations_type_check_a_use(node_modules):
+    """tsc --strict compiles tests/js/types-check.ts against fastws-client.d.ts (its
+    ``@ts-expect-error`` lines must be errors too)."""
+    done = subprocess.run([_tool("node"), os.path.join(node_modules, "typescript", "bin", "tsc"), "-p",
+                           os.path.join(JS, "tsconfig.json")], cwd=JS, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_python_package_ships_the_module_and_its_types(tmp_path):
+    """What setuptools puts in the wheel (build_py with the package data of pyproject.toml)."""
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("fastws-client.js", "fastws-client.d.ts", "dashboard.html"):
+        with open(tmp_path / "fastws" / "static" / name, "rb") as f:
+            assert f.read() == jsclient.source(name), name
