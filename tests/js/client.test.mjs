@@ -292,7 +292,7 @@ test("heartbeat: a link that goes silent is dropped and the client resumes", asy
   const name = unique("heartbeat");
   const pub = await publisher(wsUrl(SHARED, "/log/" + name));
   const c = client(`ws://127.0.0.1:${px.port}/log/${name}`,
-                   { heartbeat: { interval: 150, timeout: 300 }, backoff: { initial: 10, max: 20 } });
+                   { heartbeat: { interval: 150, timeout: 1000 }, backoff: { initial: 10, max: 20 } });
   const log = record(c);
   try {
     await until(() => log.of("open").length, "open");
@@ -300,7 +300,7 @@ test("heartbeat: a link that goes silent is dropped and the client resumes", asy
     await until(() => log.data.length === 1, "one");
     // a few heartbeats answered by the room's auto response: the pongs are no messages
     const t0 = Date.now();
-    await until(() => Date.now() - t0 > 700, "a few heartbeat rounds", 2000);
+    await until(() => Date.now() - t0 > 1200, "a few heartbeat rounds", 3000);
     assert.equal(log.of("reconnecting").length, 0);
     px.silence(); // the TCP link stays open and says nothing more, both ways
     await pub.say("two");
