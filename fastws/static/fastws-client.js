@@ -132,7 +132,7 @@ export class FastWSClient extends EventTarget {
     this._refreshTimer = null;
     this._lastRx = 0;
     this._awaitingResume = false;
-    this._connect();
+    queueMicrotask(() => this._connect()); // after the caller has added its listeners
   }
 
   /** "connecting" (also between attempts), "open" or "closed" (for good). */
