@@ -30,7 +30,7 @@ _cache: dict[str, tuple[bytes, str]] = {}
 
 def source(name: str = "fastws-client.js") -> bytes:
     """The bytes of the shipped file ``name`` (``fastws-client.js`` or ``fastws-client.d.ts``)."""
-    return resources.files("fastws").joinpath("static", name).read_bytes()
+    return resources.files("fastws").joinpath("static").joinpath(name).read_bytes()
 
 
 def _file(path: str) -> tuple[bytes, str]:
