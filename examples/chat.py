@@ -2,16 +2,24 @@
 ``default``).
 
     fastws serve examples.chat:app --host 127.0.0.1 --port 9001 [--data-dir ./data]
+    fastws serve examples.chat:resumable ...     # the same, with offsets and catch-up
 
 - On connect the new socket gets the last 50 messages, then everyone else gets
   ``{"type": "user_joined", "userId", "timestamp"}``.
 - A client sends ``{"content": "..."}``; every session (the sender too) gets
   ``{"id", "userId", "content", "timestamp"}``, stored first: nobody sees a message that a crash
-  would lose. Anything else gets ``{"type": "error", "message": "Invalid message format"}``.
+  would lose. Anything else gets ``{"type": "error", "message": "Invalid message format"}``;
+  ``ping`` is answered ``pong`` (by the engine, for heartbeats).
 - On close the others get ``{"type": "user_left", ...}``. ``GET /room`` returns
-  ``{"sessions": N, "messages": M}``. History is in ``<data-dir>/ChatRoom/<room>.sqlite3``.
+  ``{"sessions": N, "messages": M}``. History is in ``<data-dir>/<class name>/<room>.sqlite3``.
+- ``resumable`` serves :class:`ResumableChatRoom`, which keeps a log (``history = 1000``): every
+  broadcast leaves in an envelope ``{"type": "message", "epoch", "offset", "data"}``, and a client
+  that reconnects with ``?since=<epoch>:<offset>`` gets exactly what it missed instead of the last
+  50 messages (the user_joined then goes to everyone, the joiner too, so that its offsets have no
+  gap).
 - A browser (a GET that accepts ``text/html``) gets the demo page, ``examples/chat.html``, for that
-  room: open ``http://127.0.0.1:9001/lobby`` in two windows.
+  room: open ``http://127.0.0.1:9001/lobby`` in two windows. The page uses the JavaScript client
+  that the server serves at ``/fastws-client.js``: it reconnects, and on ``resumable`` it resumes.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ class ChatRoom(Room):
     def __init__(self) -> None:
         self.recent: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.count = 0
+        self.set_auto_response("ping", "pong")  # the page's heartbeat, answered without waking the room
         self.block_concurrency_while(self.load())
 
     async def load(self) -> None:
@@ -49,9 +58,12 @@ class ChatRoom(Room):
         self.recent.extend(reversed(list(last.values())))
 
     def on_connect(self, ws: Any) -> None:
-        for message in self.recent:
-            ws.send(message)
-        self.broadcast({"type": "user_joined", "userId": ws.id, "timestamp": now_iso()}, exclude=ws)
+        if ws.resumed is not True:  # a fresh join, or one the log could not catch up (a reset)
+            for message in self.recent:
+                ws.send(message)
+        # with a log, the joiner gets its own user_joined too: an offset it skipped would be a gap
+        self.broadcast({"type": "user_joined", "userId": ws.id, "timestamp": now_iso()},
+                       exclude=None if self.history else ws)
 
     async def on_message(self, ws: Any, message: str | bytes) -> None:
         try:
@@ -77,4 +89,11 @@ class ChatRoom(Room):
         return {"sessions": len(self.sockets()), "messages": self.count}
 
 
+class ResumableChatRoom(ChatRoom):
+    """The same chat with its broadcasts in an ordered log: reconnecting clients catch up."""
+
+    history = 1000
+
+
 app = RoomRouter(ChatRoom)
+resumable = RoomRouter(ResumableChatRoom)

@@ -31,7 +31,7 @@ import orjson
 from fastws.connection import Listener
 from fastws.exceptions import HandshakeError
 from fastws.guards import Guards
-from fastws.handshake import Request, Response
+from fastws.handshake import Request, Response, _HeadResponse
 from fastws.routing import Router
 from fastws.server import Accept, _call_hook
 
@@ -426,10 +426,3 @@ def _server_options() -> set[str]:
     params = inspect.signature(Server.__init__).parameters
     return {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"accept"}
 
-
-class _HeadResponse(Response):
-    """The GET response's head (its Content-Length included) without the body, for HEAD."""
-
-    def to_bytes(self, keep_alive: bool = False) -> bytes:
-        head, _, _ = Response.to_bytes(self, keep_alive).partition(b"\r\n\r\n")
-        return head + b"\r\n\r\n"

@@ -121,6 +121,7 @@ SERVER_KEYS: dict[str, _Check] = {
     "metrics_token": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "dashboard": (lambda v: isinstance(v, bool), "true or false"),
     "health": (lambda v: isinstance(v, bool), "true or false"),
+    "js_client": (lambda v: isinstance(v, bool), "true or false"),
     "drain_delay": (lambda v: _is_num(v) and v >= 0, "a number of seconds"),
 }
 GUARD_KEYS: dict[str, _Check] = {

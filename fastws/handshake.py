@@ -252,6 +252,14 @@ class Response:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+class _HeadResponse(Response):
+    """The GET response's head (its Content-Length included) without the body, for HEAD."""
+
+    def to_bytes(self, keep_alive: bool = False) -> bytes:
+        head, _, _ = Response.to_bytes(self, keep_alive).partition(b"\r\n\r\n")
+        return head + b"\r\n\r\n"
+
+
 def _check_header(name: str, value: str) -> None:
     if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
         raise ValueError(f"invalid header {name!r}")

@@ -30,7 +30,7 @@ import orjson
 
 from fastws.accept import Accept
 from fastws.exceptions import ConnectionClosed, HandshakeError
-from fastws.handshake import Request, Response
+from fastws.handshake import Request, Response, _HeadResponse
 
 __all__ = [
     "Recorder",
@@ -262,8 +262,8 @@ def _http_route(fn: Callable[[Any, Request], Response]) -> Callable[[Any, Reques
         if request.method not in ("GET", "HEAD"):
             raise HandshakeError(405, "Method Not Allowed", [("Allow", "GET, HEAD")])
         response = fn(ws, request)
-        if request.method == "HEAD":
-            return Response(response.status, b"", response.headers, response.content_type)
+        if request.method == "HEAD":  # the GET's head, its Content-Length included, without the body
+            return _HeadResponse(response.status, response.body, response.headers, response.content_type)
         return response
 
     return route

@@ -112,6 +112,7 @@ class Server:
                  metrics_token: str | None = None,
                  dashboard: bool = False,
                  health: bool = True,
+                 js_client: bool = True,
                  drain_delay: float = 0.0,
                  accept: Callable[[Connection, Request], Any] | None = None) -> None:
         self.app = app
@@ -155,9 +156,13 @@ class Server:
             self.endpoint.stats_enabled = False  # the histograms; the counters cost nothing to keep
         obs = self.observability
         if metrics_port is None:
-            self._routes = obs.routes
+            self._routes = dict(obs.routes)
         else:  # the main port keeps the health checks; the rest moves to metrics_port
             self._routes = {p: r for p, r in obs.routes.items() if p in ("/healthz", "/readyz")}
+        if js_client:  # on the main port: the pages that import it come from there
+            from fastws import jsclient
+
+            self._routes.update(jsclient.routes())
         self._metrics_server: Server | None = None
 
     # -------------------------------------------------------------- lifecycle
@@ -529,6 +534,8 @@ def serve(app: Any, host: str | None = "127.0.0.1", port: int = 8000, **kwargs: 
             (``Authorization: Bearer ...`` or ``?token=...``).
         dashboard: serve the live dashboard at ``/dashboard`` (default False).
         health: serve ``/healthz`` and ``/readyz`` (503 once shutdown begins).
+        js_client: serve the JavaScript client at ``/fastws-client.js`` (and its types at
+            ``/fastws-client.d.ts``; default True; :mod:`fastws.jsclient`).
         drain_delay: on shutdown, seconds to keep serving with ``/readyz`` at 503
             before closing connections (so load balancers stop sending first).
 

@@ -36,6 +36,9 @@ Without a mark: ``python`` blocks run as scripts (at most 30 s, exit code 0); sh
 (``console``, ``shell``, ``sh``, ``bash``) may hold only ``fastws`` commands, each parsed by the
 real parser (``fastws.cli.build_parser``), so every flag and choice in them exists; ``toml``
 blocks go through ``fastws.config.parse_config`` (the ``--config`` loader); ``json`` is parsed;
+``javascript`` blocks are ES modules: ``node --check`` parses them, and with ``run`` node runs
+them (``fastws-client`` and ``ws`` importable: the package of fastws/static and the ``ws`` of
+tests/js, installed by ``npm ci`` when missing; ``needs=`` gives them a server);
 ``nginx`` is checked for balanced blocks and terminated directives, and its ``proxy_pass`` must
 name 127.0.0.1; ``ini`` (systemd units) is parsed and the ``fastws`` command in ``ExecStart`` is
 parsed as above; ``dockerfile`` instructions must be real ones and the ``fastws`` command in
@@ -74,7 +77,8 @@ def included(page: pathlib.Path) -> list[pathlib.Path]:
 
 PAGES = DOCS + sorted({inc for page in DOCS for inc in included(page)}) + [ROOT / "README.md"]
 SHELL = {"console", "shell", "sh", "bash"}
-LANGS = SHELL | {"python", "toml", "json", "nginx", "ini", "dockerfile"}
+JS = {"javascript", "js"}
+LANGS = SHELL | JS | {"python", "toml", "json", "nginx", "ini", "dockerfile"}
 SAMPLE_PORT = "9001"
 SAMPLE_REDIS = "redis://127.0.0.1:6379/0"
 BOUND = 30.0  # seconds: any one command or script
@@ -464,6 +468,9 @@ class Page:
                     f"{block.where()}: `{cmd}` is not a fastws command: mark the block (run, server or skip)")
                 check_cli(argv, block.where())
             return
+        if lang in JS:
+            self.run_js(block, code, env)
+            return
         if lang == "toml":
             try:
                 import tomllib
@@ -491,6 +498,32 @@ class Page:
             check_dockerfile(code, block.where())
             return
         pytest.fail(f"{block.where()}: no way to run a ```{lang} block")
+
+    def run_js(self, block: Block, code: str, env: dict[str, str]) -> None:
+        node = shutil.which("node")
+        if node is None:
+            pytest.fail(f"{block.where()}: node not found (the JavaScript samples need Node.js)")
+        script = self.tmp / f"sample_{block.line}.mjs"
+        script.write_text(code)
+        if "run" not in block.words:
+            r = subprocess.run([node, "--check", str(script)], capture_output=True, text=True, timeout=BOUND)
+            assert r.returncode == 0, f"{block.where()}: not a valid ES module\n{r.stderr}"
+            return
+        modules = self.tmp / "node_modules"
+        if not modules.exists():
+            ws = ROOT / "tests" / "js" / "node_modules" / "ws"
+            if not (ws / "package.json").exists():
+                r = subprocess.run([shutil.which("npm") or "npm", "ci", "--no-audit", "--no-fund"], cwd=ws.parent.parent,
+                                   capture_output=True, text=True, timeout=300)
+                assert r.returncode == 0, f"npm ci in tests/js failed:\n{r.stdout}\n{r.stderr}"
+            modules.mkdir()
+            (modules / "ws").symlink_to(ws)
+            (modules / "fastws-client").symlink_to(ROOT / "fastws" / "static")
+        r = subprocess.run([node, str(script)], cwd=self.tmp, env=env, capture_output=True, text=True, timeout=BOUND,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, f"{block.where()}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+        if "expect" in block.mark:
+            assert block.mark["expect"] in r.stdout, f"{block.where()}: stdout {r.stdout!r}"
 
     def serve(self, argv: list[str], block: Block, port: int, env: dict[str, str]) -> None:
         proc = self.popen(argv, env)
