@@ -351,16 +351,20 @@ class ClusterSlot(RoomSlot):
         if self.role != "owner":
             return
         h = self.history
+        logged = False
         if h is not None and tag is None and type(message) is not bytes:
             message = self._logged(h, message, exclude)
             if message is None:
                 return
+            logged = True
         if exclude is None:
             excl: Any = ()
         elif isinstance(exclude, RoomSocket):
             excl = (exclude,)
         else:
             excl = set(exclude)
+        if logged and excl:
+            self._skip(h, [s for s in excl if s in self.sockets])  # type: ignore[arg-type]
         if self.batcher is not None and type(message) is not bytes:
             for s in self.sockets:
                 if s not in excl and (tag is None or tag in s.tags):
@@ -391,6 +395,22 @@ class ClusterSlot(RoomSlot):
                 self.turn_recs.append(["x", [s.id for s in excl if type(s) is RemoteSocket], *_payload(data)])
             else:
                 self.turn_recs.append(["t", remote, *_payload(data)])
+            self.cluster.schedule(self)
+
+    def _skip(self, h: Any, sockets: list[RoomSocket]) -> None:
+        if not sockets:
+            return
+        frame = h.skip_frame()
+        if self.batcher is not None:
+            for s in sockets:
+                self.batch_add(s, frame)
+            return
+        local = [s for s in sockets if type(s) is not RemoteSocket]
+        remote = [s.id for s in sockets if type(s) is RemoteSocket and s.conn is not None]
+        if local:
+            self.out(self._broadcast_now, local, frame)
+        if remote:
+            self.turn_recs.append(["t", remote, *_payload(frame)])
             self.cluster.schedule(self)
 
     def set_auto(self, request: str | None, response: str) -> None:

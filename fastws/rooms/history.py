@@ -30,6 +30,10 @@ last N broadcasts in an ordered log:
    log back when the room wakes on it, so offsets go on from the last committed one whichever
    node owns the room, and a deposed owner can add nothing.
 
+A logged broadcast that excludes sockets (``exclude=``) gives each of them
+``{"type": "skip", "epoch": E, "offset": n}`` instead (the offset, not the data), so every socket
+sees contiguous offsets; a client that resumes later gets the entry itself in its catch-up.
+
 What is not logged: broadcasts to a tag (they do not go to the whole room) and bytes messages
 (an envelope is JSON text); they are sent as before.
 """
@@ -100,6 +104,10 @@ class History:
         entry = (self.last, ts, env)
         self.entries.append(entry)
         return entry
+
+    def skip_frame(self) -> str:
+        """What a socket excluded from the newest entry gets: its offset, without its data."""
+        return f'{{"type":"skip","epoch":"{self.epoch}","offset":{self.last}}}'
 
     def trim(self, now: float | None = None) -> int:
         """Drop entries past the limits; the offset of the oldest one kept (last + 1 if none)."""

@@ -558,16 +558,20 @@ class RoomSlot:
 
     def broadcast(self, message: Any, exclude: Any, tag: str | None) -> None:
         h = self.history
+        logged = False
         if h is not None and tag is None and type(message) is not bytes:
             message = self._logged(h, message, exclude)
             if message is None:
                 return
+            logged = True
         if exclude is None:
             excl: Any = ()
         elif isinstance(exclude, RoomSocket):
             excl = (exclude,)
         else:
             excl = set(exclude)
+        if logged and excl:
+            self._skip(h, [s for s in excl if s in self.sockets])  # type: ignore[arg-type]
         if tag is None and not excl and (self.batcher is None or type(message) is bytes):
             # the common case: everyone; the connection list is cached between joins and leaves
             conns = self.all_conns
@@ -597,6 +601,18 @@ class RoomSlot:
             h.pending.append((message, exclude))  # sent once the log has been read back
             return None
         return self._log(h, message)
+
+    def _skip(self, h: History, sockets: list[RoomSocket]) -> None:
+        """The sockets a logged broadcast excluded get its offset without its data, so their
+        offsets stay contiguous (``{"type": "skip", ...}``)."""
+        if not sockets:
+            return
+        frame = h.skip_frame()
+        if self.batcher is not None:
+            for s in sockets:
+                self.batch_add(s, frame)
+        else:
+            self.out(self._broadcast_now, sockets, frame)
 
     def _log(self, h: History, message: Any) -> str:
         """Give ``message`` the next offset, stage it in storage; its envelope (JSON text)."""

@@ -14,7 +14,9 @@
 //    replayed=true) or {"type":"reset",...} (a "reset" event: rebuild state from what the room
 //    sends next). Offsets must be contiguous: an envelope that does not follow the last one (a gap,
 //    a repeat, another epoch) is never delivered nor silently dropped; the client reconnects with
-//    since= its last position and lets the room's log fill the gap (or say reset).
+//    since= its last position and lets the room's log fill the gap (or say reset). A socket the
+//    room excluded from a broadcast gets {"type":"skip","epoch","offset"}: the position moves on,
+//    no event.
 // 3. Batches. {"type":"batch","messages":[...]} frames are unpacked into their messages, in order.
 // 4. Heartbeat (opt-in: browsers cannot see protocol pings). After heartbeat.interval ms with
 //    nothing received the client sends heartbeat.ping ("ping") and expects any frame within
@@ -91,6 +93,11 @@ function isObject(v) {
 
 function isEnvelope(v) {
   return v.type === "message" && typeof v.epoch === "string" && Number.isSafeInteger(v.offset) && "data" in v;
+}
+
+/** {"type":"skip","epoch","offset"}: an entry this socket was excluded from (its offset only). */
+function isSkip(v) {
+  return v.type === "skip" && typeof v.epoch === "string" && Number.isSafeInteger(v.offset);
 }
 
 export class FastWSClient extends EventTarget {
@@ -425,12 +432,13 @@ export class FastWSClient extends EventTarget {
         return true;
       }
       if (isEnvelope(value)) return this._envelope(value, replayed);
+      if (isSkip(value)) return this._envelope(value, replayed, true);
     }
     this._deliver(value, null, replayed);
     return true;
   }
 
-  _envelope(env, replayed) {
+  _envelope(env, replayed, skip = false) {
     const pos = this._position;
     if (pos) {
       if (env.epoch !== pos.epoch) {
@@ -444,7 +452,7 @@ export class FastWSClient extends EventTarget {
       }
     }
     this._position = { epoch: env.epoch, offset: env.offset };
-    this._deliver(env.data, env, replayed);
+    if (!skip) this._deliver(env.data, env, replayed);
     return true;
   }
 

@@ -204,3 +204,19 @@ async def test_a_takeover_after_sigstop_continues_the_log(fastws_proc, redis_url
     finally:
         r.close()
     await on_b.close()
+
+
+async def test_excluded_members_on_every_node_get_skip_frames(fastws_proc, redis_url):
+    app = "tests.integration.history_app:echoless_app"
+    a, b = node(fastws_proc, redis_url, app), node(fastws_proc, redis_url, app)
+    on_a, _, _ = await join(a.url + "/ex")         # a owns the room: on_a is local, on_b remote
+    on_b, _, _ = await join(b.url + "/ex")
+    await on_b.send("from b")
+    env = await recv_json(on_a)
+    assert env["data"] == "from b" and env["offset"] == 1
+    assert await recv_json(on_b) == {"type": "skip", "epoch": env["epoch"], "offset": 1}
+    await on_a.send("from a")
+    assert (await recv_json(on_b))["offset"] == 2
+    assert await recv_json(on_a) == {"type": "skip", "epoch": env["epoch"], "offset": 2}
+    await on_a.close()
+    await on_b.close()

@@ -28,6 +28,13 @@ class Short(Chat):
     history = 5
 
 
+class Echoless(Chat):
+    """Every message goes to everyone but its sender (who gets a skip frame)."""
+
+    def on_message(self, ws, message):
+        self.broadcast(message, exclude=ws)
+
+
 class Plain(Room):
     def on_connect(self, ws):
         ws.send(orjson.dumps({"type": "welcome", "resumed": ws.resumed}).decode())
@@ -38,3 +45,4 @@ class Plain(Room):
 
 app = RoomRouter(Chat)
 short_app = RoomRouter(Short)
+echoless_app = RoomRouter(Echoless)

@@ -19,7 +19,7 @@ import websockets
 import fastws
 from fastws.rooms import RoomRouter
 from tests.helpers import until
-from tests.integration.history_app import Chat, Plain, Short
+from tests.integration.history_app import Chat, Echoless, Plain, Short
 
 T = 5.0
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -367,3 +367,21 @@ async def test_history_ttl_drops_old_entries_and_offsets_go_on_after_a_restart(s
     await c.send("d")
     assert (await recv_json(c))["offset"] == 4
     await c.close()
+
+
+async def test_an_excluded_socket_gets_the_offset_it_skipped(serve, tmp_path):
+    server = await serve(RoomRouter(Echoless, data_dir=str(tmp_path)))
+    a, _, _ = await join(server.url + "/ex")
+    b, _, _ = await join(server.url + "/ex")
+    await a.send("from a")
+    env = await recv_json(b)
+    assert env["offset"] == 1 and env["data"] == "from a"
+    assert await recv_json(a) == {"type": "skip", "epoch": env["epoch"], "offset": 1}
+    await b.send("from b")
+    assert (await recv_json(a))["offset"] == 2
+    assert await recv_json(b) == {"type": "skip", "epoch": env["epoch"], "offset": 2}
+    # a client that resumes from before gets the entries themselves
+    c, hist, _ = await join(server.url + "/ex", f"{env['epoch']}:0")
+    assert [m["data"] for m in hist["messages"]] == ["from a", "from b"]
+    for ws in (a, b, c):
+        await ws.close()

@@ -4,8 +4,9 @@
 
 - ``/log/<name>``: a room with ``history = 2000`` and ``set_auto_response("ping", "pong")``; a
   TEXT message is broadcast to the whole room; the commands: ``kick`` (broadcast, then close every
-  other socket with 1012), ``skip:<text>`` (broadcast to everyone but the sender: the sender's offsets
-  get a gap) and ``burst:<n>`` (broadcast it, then ``b1`` .. ``b<n>``, in one event).
+  other socket with 1012), ``skip:<text>`` (broadcast to everyone but the sender, who gets a
+  ``skip`` frame with its offset), ``gap`` (the sender gets an envelope two offsets past
+  the last, as a dropped message would leave it) and ``burst:<n>`` (broadcast it, then ``b1`` .. ``b<n>``, in one event).
 - ``/batched/<name>``: the same with ``batch = True`` (``{"type": "batch"}`` frames).
 - ``/short/<name>``: the same with ``history = 5``.
 - ``/plain/<name>``: a room without history.
@@ -45,6 +46,12 @@ class Log(Room):
                     s.close(1012, "kicked")
         elif message.startswith("skip:"):
             self.broadcast(message[5:], exclude=ws)
+        elif message == "gap":
+            # what a dropped message looks like to the sender (slow_consumer = "drop"): an
+            # envelope one offset past the next (a forged one: the log never holds it)
+            h = self._slot.history
+            ws.send(orjson.dumps({"type": "message", "epoch": h.epoch, "offset": h.last + 2,
+                                  "data": "never"}).decode())
         elif message.startswith("burst:"):
             self.broadcast(message)
             for i in range(1, int(message[6:]) + 1):
