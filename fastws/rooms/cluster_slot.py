@@ -364,7 +364,7 @@ class ClusterSlot(RoomSlot):
         else:
             excl = set(exclude)
         if logged and excl:
-            self._skip(h, [s for s in excl if s in self.sockets])  # type: ignore[arg-type]
+            self._skip(h, [s for s in excl if s in self.sockets])
         if self.batcher is not None and type(message) is not bytes:
             for s in self.sockets:
                 if s not in excl and (tag is None or tag in s.tags):
