@@ -23,16 +23,19 @@ and replaces it when it is lost. The rules:
 3. *Reading.* ``recv`` reads the connection it was reading until that one raises (so what had
    arrived before a drop is still delivered), then moves to the live one. ``send`` always
    goes to the live one; during an outage it waits for it up to ``send_timeout`` seconds.
+   A server's CLOSE waits in the connection's queue behind the messages before it, so a
+   close is noticed by a ``recv`` (or a ``send``): keep a reader running (``async for``), as
+   with any connection, and hooks and reconnections happen as soon as it arrives.
 4. *Resume* (``resume=True``, for rooms with ``history``). Every message envelope
    ``{"type": "message", "epoch": E, "offset": n, ...}`` moves the position to ``E:n``; a
    reconnection asks for ``?since=E:n``. The first message on such a connection is the room's
    answer: a ``history`` frame is unpacked into its envelopes, a ``reset`` frame is passed on
-   as a :class:`HistoryReset` (a ``str``: the frame's text, with attributes), an ``error``
-   frame is passed on. Offsets are checked: one already delivered is dropped (counted in
+   as it is (and parsed into ``last_reset``, a :class:`HistoryReset`), an ``error`` frame is
+   passed on. Offsets are checked: one already delivered is dropped (counted in
    ``duplicates``); a live envelope past the next offset means the room dropped messages for
    this client (a slow consumer), so the client reconnects at once and catches up from the
    log. A gap inside a ``history`` frame (the log cannot fill it) and an epoch that changes
-   without a ``reset`` are passed on as a synthesized :class:`HistoryReset` (reasons ``"gap"``
+   without a ``reset`` are passed on as a ``reset`` frame the client makes (reasons ``"gap"``
    and ``"epoch"``). Rooms that batch (``{"type": "batch", "messages": [...]}``) have their
    batches unpacked, so every envelope is seen and counted.
 
@@ -80,12 +83,14 @@ _ENVELOPE = re.compile(r'\{"type":"message","epoch":"([0-9a-f]{1,32})","offset":
 _NOT_RETRYABLE_STATUS = frozenset(range(300, 500)) - {408, 425, 429}
 
 
-class HistoryReset(str):
-    """What a resuming client gets in place of the messages it missed when they cannot be
-    replayed: the server's ``reset`` frame (or one the client synthesized), as the ``str`` it
-    is, with its fields as attributes. Rebuild your state from what the room sends next.
+class HistoryReset:
+    """A reset a resuming client passed on: the messages it missed cannot be replayed. The
+    frame itself comes through ``recv()`` as plain text where the gap is (``{"type": "reset",
+    "epoch", "offset", "reason"}``, as the server sent it, or made by the client); this is its
+    parsed form, kept in ``ws.last_reset``. Rebuild your state from what the room sends next.
 
     Attributes:
+        text: the frame as ``recv()`` returned it.
         epoch: the room log's epoch from now on.
         offset: the newest offset in the log (the next envelope carries ``offset + 1``).
         reason: ``"epoch"`` (the log was lost or replaced), ``"trimmed"`` (the missed entries
@@ -94,21 +99,15 @@ class HistoryReset(str):
         previous: the position the client had (``"epoch:offset"``), or None.
     """
 
-    epoch: str
-    offset: int
-    reason: str
-    previous: str | None
+    __slots__ = ("text", "epoch", "offset", "reason", "previous")
 
-    @classmethod
-    def make(cls, text: str, epoch: str, offset: int, reason: str, previous: str | None) -> HistoryReset:
-        r = cls(text)
-        r.epoch, r.offset, r.reason, r.previous = epoch, offset, reason, previous
-        return r
+    def __init__(self, text: str | None, epoch: str, offset: int, reason: str, previous: str | None) -> None:
+        if text is None:
+            text = orjson.dumps({"type": "reset", "epoch": epoch, "offset": offset, "reason": reason}).decode()
+        self.text, self.epoch, self.offset, self.reason, self.previous = text, epoch, offset, reason, previous
 
-    @classmethod
-    def synthesize(cls, epoch: str, offset: int, reason: str, previous: str | None) -> HistoryReset:
-        text = orjson.dumps({"type": "reset", "epoch": epoch, "offset": offset, "reason": reason}).decode()
-        return cls.make(text, epoch, offset, reason, previous)
+    def __repr__(self) -> str:
+        return f"HistoryReset(epoch={self.epoch!r}, offset={self.offset}, reason={self.reason!r}, previous={self.previous!r})"
 
 
 def _closed_exc(code: int, reason: str) -> ConnectionClosed:
@@ -346,7 +345,7 @@ class ReconnectingConnection:
 
     async def recv(self) -> str | bytes:
         """The next message: across reconnections, and with ``resume=True`` each missed
-        envelope once, in order (a :class:`HistoryReset` when they cannot be).
+        envelope once, in order (a ``reset`` frame where they cannot be; see ``last_reset``).
 
         Raises:
             ConnectionClosedOK: after ``close()``, or the server closed with 1000.
@@ -432,11 +431,10 @@ class ReconnectingConnection:
 
     def _reset(self, epoch: str, offset: int, reason: str, text: str | None) -> None:
         previous = self.position
-        reset = (HistoryReset.make(text, epoch, offset, reason, previous) if text is not None
-                 else HistoryReset.synthesize(epoch, offset, reason, previous))
+        reset = HistoryReset(text, epoch, offset, reason, previous)
         self.epoch, self.offset = epoch, offset
         self.last_reset = reset
-        self._pending.append(reset)
+        self._pending.append(reset.text)
         logger.info("fastws: %s: history reset (%s) from %s to %s:%d", self.url, reason, previous, epoch, offset)
 
     def _envelope(self, conn: Connection | None, text: str, epoch: str, offset: int, live: bool) -> None:
@@ -474,10 +472,12 @@ class ReconnectingConnection:
             if self._final is not None:
                 raise self._final.with_traceback(None)
             conn = self._conn
-            if conn is not None and conn.open:
+            # close_code leaves 1006 when a CLOSE has arrived, even while it waits in the queue
+            # behind messages not read yet: sending there would be lost, so start over now
+            if conn is not None and conn.open and conn.close_code == 1006:
                 return conn
             if conn is not None:
-                self._lost(conn)  # closing: do not wait for its TCP close to start over
+                self._lost(conn)
                 continue
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
