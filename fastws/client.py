@@ -3,7 +3,7 @@
 Same engine and same :class:`~fastws.Connection` API as the server side.
 ``await connect(url)`` or ``async with connect(url) as ws`` opens one
 connection; with ``reconnect=True`` they give a
-:class:`~fastws.reconnect.ReconnectingConnection` that reconnects under your
+:class:`~fastws.ReconnectingConnection` that reconnects under your
 ``recv()``/``send()`` (and with ``resume=True`` catches up on a room's history);
 ``async for ws in connect(url, reconnect=True)`` yields a new connection after
 each drop. Both back off exponentially with full jitter.

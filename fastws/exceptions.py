@@ -119,7 +119,7 @@ class ConnectionClosedError(ConnectionClosed):
 class ReconnectFailed(ConnectionClosedError):
     """A reconnecting client gave up (``max_attempts`` failed attempts in a row, an outage past
     ``reconnect_timeout``, or a refusal that retrying cannot fix); code 1006. Its ``__cause__``
-    is the last attempt's error (an ``OSError`` or :class:`InvalidHandshake`).
+    is the last attempt's error (an ``OSError`` or :class:`fastws.InvalidHandshake`).
 
     Attributes:
         attempts: connection attempts made in all.

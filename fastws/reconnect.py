@@ -2,12 +2,12 @@
 
 Theory of operation
 -------------------
-A :class:`ReconnectingConnection` owns at most one live :class:`~fastws.Connection` at a time
+A :class:`fastws.ReconnectingConnection` owns at most one live :class:`~fastws.Connection` at a time
 and replaces it when it is lost. The rules:
 
 1. *Who decides to reconnect.* The live connection's close callback (or a ``recv``/``send``
-   that finds it closed) hands it to :meth:`ReconnectingConnection._lost`. A close that
-   :meth:`~ReconnectingConnection.close` asked for ends everything. Otherwise the close code
+   that finds it closed) hands it to ``_lost()``. A close that
+   ``close()`` asked for ends everything. Otherwise the close code
    decides: a code in ``reconnect_codes`` (default :data:`RECONNECT_CODES`: 1001 going away,
    1005 no code, 1006 dropped, 1011 server error or a keepalive timeout, 1012 restart, 1013 try
    again later, 1014 bad gateway) starts a reconnection; any other code (1000: the server is
@@ -19,7 +19,7 @@ and replaces it when it is lost. The rules:
    refused handshake; a refusal with an HTTP status other than 408, 425, 429 or 5xx, and a TLS
    certificate that does not verify, are final. ``Retry-After`` on a 429/503 is honoured up to
    ``backoff_max``. ``max_attempts`` failed attempts in a row, or an outage longer than
-   ``reconnect_timeout`` seconds, give up: :class:`~fastws.exceptions.ReconnectFailed`.
+   ``reconnect_timeout`` seconds, give up: :class:`fastws.ReconnectFailed`.
 3. *Reading.* ``recv`` reads the connection it was reading until that one raises (so what had
    arrived before a drop is still delivered), then moves to the live one. ``send`` always
    goes to the live one; during an outage it waits for it up to ``send_timeout`` seconds.
@@ -30,7 +30,7 @@ and replaces it when it is lost. The rules:
    ``{"type": "message", "epoch": E, "offset": n, ...}`` moves the position to ``E:n``; a
    reconnection asks for ``?since=E:n``. The first message on such a connection is the room's
    answer: a ``history`` frame is unpacked into its envelopes, a ``reset`` frame is passed on
-   as it is (and parsed into ``last_reset``, a :class:`HistoryReset`), an ``error`` frame is
+   as it is (and parsed into ``last_reset``, a :class:`fastws.HistoryReset`), an ``error`` frame is
    passed on. Offsets are checked: one already delivered is dropped (counted in
    ``duplicates``); a live envelope past the next offset means the room dropped messages for
    this client (a slow consumer), so the client reconnects at once and catches up from the
@@ -145,7 +145,7 @@ class ReconnectingConnection:
         attempts: connection attempts so far (the first one included).
         resumed: after the last reconnection with ``resume=True``: True (caught up from the
             room's history), False (told to reset), None (not resumed, or not known yet).
-        last_reset: the last :class:`HistoryReset` delivered, or None.
+        last_reset: the last :class:`fastws.HistoryReset` delivered, or None.
         duplicates: envelopes dropped because their offset had already been delivered.
         epoch, offset: the position (the last envelope delivered), or None and 0.
     """
