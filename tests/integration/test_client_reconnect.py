@@ -629,3 +629,55 @@ async def test_a_hole_in_a_history_frame_and_an_unannounced_epoch_are_resets():
         await ws.close()
     finally:
         await server.shutdown(timeout=2)
+
+
+# ---------------------------------------------------------------------------
+# a real room that batches
+
+
+class BatchedChat(fastws.Room):
+    history = 500
+    batch = True
+    batch_delay = 0.02
+
+    def on_connect(self, ws):
+        ws.send({"type": "welcome", "resumed": ws.resumed})
+
+    def on_message(self, ws, message):
+        if message == "kick me":
+            ws.close(1012, "restarting")
+        else:
+            self.broadcast(message)
+
+
+async def test_resume_in_a_batching_room_unpacks_batches_and_misses_nothing(serve, tmp_path):
+    server = await serve(fastws.RoomRouter(BatchedChat, data_dir=str(tmp_path)))
+    url = server.url + "/b"
+    away = asyncio.Event()
+    ws = await fastws.connect(url, reconnect=True, resume=True, **FAST, on_disconnect=lambda ws, exc: away.set())
+    assert await recv_json(ws) == {"type": "welcome", "resumed": None}  # unpacked from its batch
+    got: list = []
+    async with fastws.connect(url) as pub:
+        first = await recv_json(pub)  # a plain client sees the batches themselves
+        assert first["type"] == "batch" and first["messages"] == [{"type": "welcome", "resumed": None}]
+        for i in range(25):
+            await pub.send(f"m{i}")
+        frame = await recv_json(pub)
+        assert frame["type"] == "batch" and frame["messages"][0]["offset"] == 1
+        while len(got) < 25:
+            got.append(await recv_json(ws))
+        await ws.send("kick me")
+        reader = asyncio.create_task(ws.recv())  # sees the close
+        await asyncio.wait_for(away.wait(), T)
+        for i in range(25, 40):  # while it is away (or coming back: either way once each)
+            await pub.send(f"m{i}")
+        got.append(orjson.loads(await asyncio.wait_for(reader, T)))
+        while len(got) < 41:
+            got.append(await recv_json(ws))
+    welcome = [m for m in got if m["type"] == "welcome"]
+    envs = [m for m in got if m["type"] == "message"]
+    assert welcome == [{"type": "welcome", "resumed": True}]
+    assert [e["offset"] for e in envs] == list(range(1, 41))
+    assert [e["data"] for e in envs] == [f"m{i}" for i in range(40)]
+    assert ws.reconnects == 1 and ws.resumed is True and ws.duplicates == 0
+    await ws.close()
