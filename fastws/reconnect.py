@@ -519,8 +519,8 @@ class ReconnectingConnection:
         self._pending.clear()
         self._rconn = None
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()  # (not from a hook it runs: that task ends by itself, closing nothing)
             await asyncio.wait({task})  # our own cancellation still propagates
         conn, self._conn = self._conn, None
         if conn is not None:

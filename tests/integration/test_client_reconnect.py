@@ -686,3 +686,17 @@ async def test_resume_in_a_batching_room_unpacks_batches_and_misses_nothing(serv
     assert [e["data"] for e in envs] == [f"m{i}" for i in range(40)]
     assert ws.reconnects == 1 and ws.resumed is True and ws.duplicates == 0
     await ws.close()
+
+
+async def test_close_from_a_hook_stops_it(restartable):
+    srv = await restartable()
+    ws = await fastws.connect(srv.url, reconnect=True, **FAST, on_reconnect=lambda ws: ws.close(4000, "enough"))
+    reader = asyncio.create_task(ws.recv())
+    await ws.send("drop")
+    with pytest.raises(fastws.ConnectionClosedError) as info:
+        await asyncio.wait_for(reader, T)
+    assert info.value.code == 4000 and ws.closed and ws.reconnects == 1
+    await asyncio.wait_for(ws.wait_closed(), T)
+    await until(lambda: srv.connections == 2 and ws.connection is None, timeout=T)
+    await asyncio.sleep(0.2)
+    assert srv.connections == 2 and ws.attempts == 2
