@@ -8,6 +8,7 @@ from fastws._frames import CloseCode, Opcode
 from fastws._fanout import broadcast
 from fastws.auth import JWTAuth
 from fastws.client import connect
+from fastws.reconnect import HistoryReset, ReconnectingConnection
 from fastws.connection import Connection, Listener, Message
 from fastws.exceptions import (
     BufferFull,
@@ -19,6 +20,7 @@ from fastws.exceptions import (
     InvalidHandshake,
     PayloadTooBig,
     ProtocolError,
+    ReconnectFailed,
 )
 from fastws.handshake import CompressionOptions, Headers, Request, Response
 from fastws.metrics import Observability, Recorder, RoomInfo, recorder
@@ -47,6 +49,7 @@ __all__ = [
     "Guards",
     "HandshakeError",
     "Headers",
+    "HistoryReset",
     "InvalidHandshake",
     "JWTAuth",
     "Listener",
@@ -57,6 +60,8 @@ __all__ = [
     "Proxy",
     "Observability",
     "RateLimit",
+    "ReconnectFailed",
+    "ReconnectingConnection",
     "Recorder",
     "Request",
     "Response",

@@ -2,8 +2,11 @@
 
 Same engine and same :class:`~fastws.Connection` API as the server side.
 ``await connect(url)`` or ``async with connect(url) as ws`` opens one
-connection; ``async for ws in connect(url, reconnect=True)`` reconnects with
-exponential backoff and jitter whenever the connection drops.
+connection; with ``reconnect=True`` they give a
+:class:`~fastws.ReconnectingConnection` that reconnects under your
+``recv()``/``send()`` (and with ``resume=True`` catches up on a room's history);
+``async for ws in connect(url, reconnect=True)`` yields a new connection after
+each drop. Both back off exponentially with full jitter.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ import logging
 import random
 import socket
 import ssl as _ssl
-from collections.abc import AsyncIterator, Generator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Sequence
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
 from fastws._endpoint import Endpoint
 from fastws._protocol import Connection, attach_socket
 from fastws.exceptions import ConnectionClosed, InvalidHandshake
 from fastws.handshake import ClientHandshake, CompressionOptions
+from fastws.reconnect import RECONNECT_CODES, ReconnectingConnection
 from fastws.server import compression_options
 
 __all__ = ["connect", "parse_url", "open_connection"]
 
 logger = logging.getLogger("fastws.client")
+
+_C = TypeVar("_C")  # what awaiting connect() gives: Connection, or ReconnectingConnection with reconnect=True
 
 
 async def open_connection(endpoint: Endpoint, host: str, port: int, handshake: ClientHandshake, *,
@@ -122,8 +128,14 @@ def parse_url(url: str) -> tuple[bool, str, int, str, str]:
     return secure, host, port, target, host_header
 
 
-class connect:
+class connect(Generic[_C]):
     """Open a client connection to ``url``.
+
+    ``await connect(url)`` and ``async with connect(url) as ws`` give a
+    :class:`~fastws.Connection`; with ``reconnect=True`` they give a
+    :class:`~fastws.ReconnectingConnection`, whose ``recv``/``async for``/``send`` outlive drops
+    (reconnecting by the rules in :mod:`fastws.reconnect`). ``async for ws in connect(url,
+    reconnect=True)`` instead yields a new plain Connection after each drop.
 
     Args:
         url: ``ws://host[:port]/path?query`` or ``wss://...``.
@@ -134,19 +146,74 @@ class connect:
         origin: an Origin header.
         max_size: largest incoming message (1009 beyond). Default 1 MiB.
         max_queue: messages buffered for ``recv()`` before reading pauses.
-        open_timeout: bound on TCP connect plus handshake, seconds.
+        open_timeout: bound on TCP connect plus handshake, seconds (each attempt).
         ping_interval, ping_timeout: keepalive (None: off).
         close_timeout: bound on the closing handshake.
         ssl: an SSLContext for wss:// (default: the system's default context).
         server_hostname: TLS server name override.
-        reconnect: with ``async for``, reconnect after a drop or a failed attempt.
-        backoff_initial, backoff_max, backoff_factor: reconnect delays (seconds),
-            each multiplied by a random jitter in [0.5, 1.0].
+        reconnect: reconnect after a drop or a failed attempt (see above).
+        resume: with ``reconnect=True``, for rooms with ``history``: track the position of the
+            message envelopes, reconnect with ``?since=``, and deliver what was missed once each,
+            in order (:mod:`fastws.reconnect`). A ``since=`` already in ``url`` is where it starts.
+        backoff_initial, backoff_max, backoff_factor: attempt n of an outage waits a random
+            ``uniform(0, min(backoff_max, backoff_initial * backoff_factor ** n))`` seconds.
         max_attempts: give up after this many failed attempts in a row (None: never).
+        reconnect_timeout: give up when one outage (or the first connection) has lasted this
+            many seconds (None: never).
+        send_timeout: how long ``send()`` on a ReconnectingConnection waits for a reconnection
+            before raising ConnectionClosedError (None: as long as reconnecting goes on).
+        reconnect_codes: close codes that reconnect (default :data:`fastws.reconnect.RECONNECT_CODES`:
+            1001, 1005, 1006, 1011, 1012, 1013, 1014); any other close code is final.
+        on_reconnect: ``on_reconnect(ws)``, sync or async, after each reconnection.
+        on_disconnect: ``on_disconnect(ws, exc)``, sync or async, when a connection is lost
+            (``exc``: a ConnectionClosed with its code), before any reconnection.
         listener: a :class:`fastws.Listener` for the low-level callback API on this client
             connection (``on_connect``, ``on_message`` with a zero-copy Message, ...); ``recv()``
             is then unavailable.
+
+    Raises:
+        ValueError: not a ws:// or wss:// URL, or options that do not go together.
     """
+
+    @overload
+    def __init__(self: connect[Connection], url: str, *, subprotocols: Sequence[str] = (), compression: Any = True,
+                 headers: Any = None, origin: str | None = None, max_size: int = 1 << 20,
+                 max_queue: int = 32, write_limit: int = 65536, max_write_buffer: int = 16 << 20,
+                 open_timeout: float = 10.0, ping_interval: float | None = 20.0,
+                 ping_timeout: float | None = 20.0, close_timeout: float = 10.0,
+                 ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
+                 user_agent: str | None = "fastws", reconnect: Literal[False] = False, resume: bool = False,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0, backoff_factor: float = 2.0,
+                 max_attempts: int | None = None, reconnect_timeout: float | None = None,
+                 send_timeout: float | None = 10.0, reconnect_codes: Collection[int] = RECONNECT_CODES,
+                 on_reconnect: Callable[..., Any] | None = None, on_disconnect: Callable[..., Any] | None = None,
+                 max_header_size: int = 16384, listener: Any = None) -> None: ...
+    @overload
+    def __init__(self: connect[ReconnectingConnection], url: str, *, subprotocols: Sequence[str] = (), compression: Any = True,
+                 headers: Any = None, origin: str | None = None, max_size: int = 1 << 20,
+                 max_queue: int = 32, write_limit: int = 65536, max_write_buffer: int = 16 << 20,
+                 open_timeout: float = 10.0, ping_interval: float | None = 20.0,
+                 ping_timeout: float | None = 20.0, close_timeout: float = 10.0,
+                 ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
+                 user_agent: str | None = "fastws", reconnect: Literal[True], resume: bool = False,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0, backoff_factor: float = 2.0,
+                 max_attempts: int | None = None, reconnect_timeout: float | None = None,
+                 send_timeout: float | None = 10.0, reconnect_codes: Collection[int] = RECONNECT_CODES,
+                 on_reconnect: Callable[..., Any] | None = None, on_disconnect: Callable[..., Any] | None = None,
+                 max_header_size: int = 16384, listener: Any = None) -> None: ...
+    @overload
+    def __init__(self: connect[Connection | ReconnectingConnection], url: str, *, subprotocols: Sequence[str] = (), compression: Any = True,
+                 headers: Any = None, origin: str | None = None, max_size: int = 1 << 20,
+                 max_queue: int = 32, write_limit: int = 65536, max_write_buffer: int = 16 << 20,
+                 open_timeout: float = 10.0, ping_interval: float | None = 20.0,
+                 ping_timeout: float | None = 20.0, close_timeout: float = 10.0,
+                 ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
+                 user_agent: str | None = "fastws", reconnect: bool, resume: bool = False,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0, backoff_factor: float = 2.0,
+                 max_attempts: int | None = None, reconnect_timeout: float | None = None,
+                 send_timeout: float | None = 10.0, reconnect_codes: Collection[int] = RECONNECT_CODES,
+                 on_reconnect: Callable[..., Any] | None = None, on_disconnect: Callable[..., Any] | None = None,
+                 max_header_size: int = 16384, listener: Any = None) -> None: ...
 
     def __init__(self, url: str, *, subprotocols: Sequence[str] = (), compression: Any = True,
                  headers: Any = None, origin: str | None = None, max_size: int = 1 << 20,
@@ -154,8 +221,11 @@ class connect:
                  open_timeout: float = 10.0, ping_interval: float | None = 20.0,
                  ping_timeout: float | None = 20.0, close_timeout: float = 10.0,
                  ssl: _ssl.SSLContext | bool | None = None, server_hostname: str | None = None,
-                 user_agent: str | None = "fastws", reconnect: bool = False, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0, backoff_factor: float = 2.0, max_attempts: int | None = None,
+                 user_agent: str | None = "fastws", reconnect: bool = False, resume: bool = False,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0, backoff_factor: float = 2.0,
+                 max_attempts: int | None = None, reconnect_timeout: float | None = None,
+                 send_timeout: float | None = 10.0, reconnect_codes: Collection[int] = RECONNECT_CODES,
+                 on_reconnect: Callable[..., Any] | None = None, on_disconnect: Callable[..., Any] | None = None,
                  max_header_size: int = 16384, listener: Any = None) -> None:
         self.url = url
         self.listener = listener
@@ -186,15 +256,32 @@ class connect:
         self.ssl: _ssl.SSLContext | None = ssl if isinstance(ssl, _ssl.SSLContext) else None
         self.server_hostname = server_hostname
         self.user_agent = user_agent
+        if resume and not reconnect:
+            raise ValueError("resume=True needs reconnect=True")
+        if not backoff_initial > 0 or not backoff_factor >= 1 or not backoff_max >= backoff_initial:
+            raise ValueError("backoff: need backoff_initial > 0, backoff_factor >= 1, backoff_max >= backoff_initial")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1 (or None: no limit)")
+        if reconnect_timeout is not None and not reconnect_timeout > 0:
+            raise ValueError("reconnect_timeout must be > 0 seconds (or None: no limit)")
+        if send_timeout is not None and send_timeout < 0:
+            raise ValueError("send_timeout must be >= 0 seconds (or None: no limit)")
         self.reconnect = reconnect
+        self.resume = resume
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.backoff_factor = backoff_factor
         self.max_attempts = max_attempts
+        self.reconnect_timeout = reconnect_timeout
+        self.send_timeout = send_timeout
+        self.reconnect_codes = frozenset(reconnect_codes)
+        self.on_reconnect = on_reconnect
+        self.on_disconnect = on_disconnect
         self.max_header_size = max_header_size
-        self._conn: Connection | None = None
+        self._conn: Any = None
 
-    async def _connect(self) -> Connection:
+    async def _open(self, target: str) -> Connection:
+        """One attempt: TCP connect and handshake for ``target`` (path and query)."""
         loop = asyncio.get_running_loop()
         endpoint = Endpoint(
             True,
@@ -210,7 +297,7 @@ class connect:
             compression=self.compression,
             loop=loop,
         )
-        hs = ClientHandshake(self.host_header, self.target, self.subprotocols, self.compression, self.headers,
+        hs = ClientHandshake(self.host_header, target, self.subprotocols, self.compression, self.headers,
                              self.max_header_size, self.user_agent)
         try:
             async with _timeout(self.open_timeout):
@@ -220,12 +307,28 @@ class connect:
             raise InvalidHandshake(f"timed out opening {self.url}") from None
         return conn
 
-    def __await__(self) -> Generator[Any, None, Connection]:
-        return self._connect().__await__()
+    async def _connect(self) -> Connection:
+        return await self._open(self.target)
 
-    async def __aenter__(self) -> Connection:
-        self._conn = await self._connect()
-        return self._conn
+    def _reconnecting(self) -> ReconnectingConnection:
+        if self.listener is not None:
+            raise ValueError("listener= with reconnect=True: use `async for ws in connect(...)`, "
+                             "which gives each new connection to the listener")
+        return ReconnectingConnection(self, resume=self.resume, reconnect_timeout=self.reconnect_timeout,
+                                      send_timeout=self.send_timeout, reconnect_codes=self.reconnect_codes,
+                                      on_reconnect=self.on_reconnect, on_disconnect=self.on_disconnect)
+
+    async def _open_any(self) -> _C:
+        if self.reconnect:
+            return cast(_C, await self._reconnecting()._start())
+        return cast(_C, await self._connect())
+
+    def __await__(self) -> Generator[Any, None, _C]:
+        return self._open_any().__await__()
+
+    async def __aenter__(self) -> _C:
+        self._conn = await self._open_any()
+        return cast(_C, self._conn)
 
     async def __aexit__(self, *exc: object) -> None:
         conn, self._conn = self._conn, None
@@ -233,11 +336,18 @@ class connect:
             await conn.close()
 
     def _delay(self, attempt: int) -> float:
-        base = min(self.backoff_max, self.backoff_initial * (self.backoff_factor ** attempt))
-        return base * random.uniform(0.5, 1.0)
+        """Full jitter: uniform in [0, min(backoff_max, backoff_initial * backoff_factor ** attempt)]."""
+        try:
+            base = min(self.backoff_max, self.backoff_initial * (self.backoff_factor ** attempt))
+        except OverflowError:
+            base = self.backoff_max
+        return random.uniform(0.0, base)
 
     async def __aiter__(self) -> AsyncIterator[Connection]:
         """Yield a connection; with ``reconnect=True``, a new one after each drop."""
+        if self.resume:
+            raise ValueError("resume=True works with `await connect(...)` / `async with connect(...)`, "
+                             "not `async for ws in connect(...)` (it yields plain connections)")
         failures = 0
         while True:
             try:

@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",
+    "ReconnectFailed",
     "BufferFull",
 ]
 
@@ -113,6 +114,20 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """Closed with an error code, or the TCP connection dropped."""
+
+
+class ReconnectFailed(ConnectionClosedError):
+    """A reconnecting client gave up (``max_attempts`` failed attempts in a row, an outage past
+    ``reconnect_timeout``, or a refusal that retrying cannot fix); code 1006. Its ``__cause__``
+    is the last attempt's error (an ``OSError`` or :class:`fastws.InvalidHandshake`).
+
+    Attributes:
+        attempts: connection attempts made in all.
+    """
+
+    def __init__(self, reason: str, attempts: int = 0) -> None:
+        super().__init__(1006, reason)
+        self.attempts = attempts
 
 
 class BufferFull(FastWSError):

@@ -52,7 +52,7 @@ class TestServer:
     def port(self) -> int:
         return self._port
 
-    def connect(self, path: str = "/", **options: Any) -> connect:
+    def connect(self, path: str = "/", **options: Any) -> connect[Any]:
         """A :func:`fastws.connect` to ``path`` on this server (await it or ``async with`` it)."""
         if not path.startswith("/"):
             path = "/" + path
