@@ -80,6 +80,8 @@ RECONNECT_CODES: frozenset[int] = frozenset({1001, 1005, 1006, 1011, 1012, 1013,
 # The envelope as fastws' rooms write it (orjson, keys in this order): matched on the prefix only,
 # so tracking the position costs no JSON parse of the data.
 _ENVELOPE = re.compile(r'\{"type":"message","epoch":"([0-9a-f]{1,32})","offset":([0-9]{1,18}),')
+# what a socket excluded from a logged broadcast gets: the offset, no message
+_SKIP = re.compile(r'\{"type":"skip","epoch":"([0-9a-f]{1,32})","offset":([0-9]{1,18})\}')
 _NOT_RETRYABLE_STATUS = frozenset(range(300, 500)) - {408, 425, 429}
 
 
@@ -394,19 +396,26 @@ class ReconnectingConnection:
             self._catchup.discard(conn)
             if self._catch_up(msg):
                 return
-        m = _ENVELOPE.match(msg)
+        if not self._positioned(conn, msg):
+            if msg.startswith('{"type":"batch","messages":['):
+                for item in orjson.loads(msg)["messages"]:
+                    text = item if type(item) is str else orjson.dumps(item).decode()
+                    if not self._positioned(conn, text):
+                        self._pending.append(text)
+            else:
+                self._pending.append(msg)
+
+    def _positioned(self, conn: Connection, text: str) -> bool:
+        """Take ``text`` if it is an envelope or a skip frame (True); False for anything else."""
+        m = _ENVELOPE.match(text)
         if m is not None:
-            self._envelope(conn, msg, m.group(1), int(m.group(2)), live=True)
-        elif msg.startswith('{"type":"batch","messages":['):
-            for item in orjson.loads(msg)["messages"]:
-                text = item if type(item) is str else orjson.dumps(item).decode()
-                m = _ENVELOPE.match(text)
-                if m is not None:
-                    self._envelope(conn, text, m.group(1), int(m.group(2)), live=True)
-                else:
-                    self._pending.append(text)
-        else:
-            self._pending.append(msg)
+            self._envelope(conn, text, m.group(1), int(m.group(2)), live=True)
+            return True
+        m = _SKIP.fullmatch(text)
+        if m is not None:
+            self._envelope(conn, None, m.group(1), int(m.group(2)), live=True)
+            return True
+        return False
 
     def _catch_up(self, msg: str) -> bool:
         """The answer to ``?since=``; False when ``msg`` is not one (a server without history)."""
@@ -437,10 +446,13 @@ class ReconnectingConnection:
         self._pending.append(reset.text)
         logger.info("fastws: %s: history reset (%s) from %s to %s:%d", self.url, reason, previous, epoch, offset)
 
-    def _envelope(self, conn: Connection | None, text: str, epoch: str, offset: int, live: bool) -> None:
+    def _envelope(self, conn: Connection | None, text: str | None, epoch: str, offset: int, live: bool) -> None:
+        """One envelope (``text``), or a skip frame (``text`` None: the position moves, nothing
+        is delivered)."""
         if self.epoch is None:  # the first envelope: the position starts here
             self.epoch, self.offset = epoch, offset
-            self._pending.append(text)
+            if text is not None:
+                self._pending.append(text)
             return
         if epoch != self.epoch:
             self._reset(epoch, offset - 1, "epoch", None)
@@ -460,7 +472,8 @@ class ReconnectingConnection:
                 return
             self._reset(epoch, offset - 1, "gap", None)
         self.offset = offset
-        self._pending.append(text)
+        if text is not None:
+            self._pending.append(text)
 
     # ------------------------------------------------------------ sending
 

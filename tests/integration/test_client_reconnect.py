@@ -700,3 +700,25 @@ async def test_close_from_a_hook_stops_it(restartable):
     await until(lambda: srv.connections == 2 and ws.connection is None, timeout=T)
     await asyncio.sleep(0.2)
     assert srv.connections == 2 and ws.attempts == 2
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_resume_moves_on_past_a_skip_frame_without_a_message_or_a_reconnect(serve, tmp_path, batched):
+    from tests.integration.history_app import Echoless
+
+    cls = type("BatchedEcholess", (Echoless,), {"batch": True}) if batched else Echoless
+    server = await serve(fastws.RoomRouter(cls, data_dir=str(tmp_path)))
+    url = server.url + "/s"
+    ws = await fastws.connect(url, reconnect=True, resume=True, **FAST)
+    assert await recv_json(ws) == {"type": "welcome", "resumed": None}
+    async with fastws.connect(url) as other:
+        await recv_json(other)                       # its welcome
+        await other.send("one")
+        assert (await recv_json(ws))["offset"] == 1
+        await ws.send("mine")                          # to everyone but ws, which gets a skip frame
+        await recv_json(other)
+        await other.send("two")
+        env = await recv_json(ws)
+        assert env["offset"] == 3 and env["data"] == "two"  # no "mine", no gap, no reconnect
+    assert ws.position == f"{env['epoch']}:3" and ws.reconnects == 0 and ws.duplicates == 0
+    await ws.close()
