@@ -82,7 +82,9 @@ class ASGIApp:
         if not request.is_websocket:
             return None
         state = None if self.lifespan == "off" else self.state
-        session = WebSocketSession(self.app, ws, websocket_scope(request, ws, state, self.root_path))
+        scope = websocket_scope(request, ws, state, self.root_path)
+        session = WebSocketSession(self.app, ws, scope)
+        scope["extensions"]["fastws"]["answer"] = session.hand_off
         return session.accept()
 
     async def fastws_startup(self, server: Any) -> None:
@@ -104,8 +106,17 @@ class ASGIApp:
         return f"<fastws.asgi.ASGIApp {self.app!r}>"
 
 
-def mount(target: Any) -> Any:
-    """An ASGI app serving ``target`` (a fastws App, room router, Listener or handler)."""
+def mount(target: Any, **options: Any) -> Any:
+    """An ASGI app serving ``target`` (a fastws App, room router, Listener or handler), for
+    ``app.mount("/rooms", fastws.asgi.mount(rooms))`` in FastAPI or Starlette.
+
+    Under fastws the connections go straight to the engine; under another ASGI server they run
+    on an engine connection bridged to the ASGI messages (see :mod:`fastws.asgi.mount`).
+
+    Args:
+        target: anything ``fastws.serve`` takes.
+        **options: ``max_size``, ``max_queue`` for the bridged connections.
+    """
     from fastws.asgi.mount import Mount
 
-    return Mount(target)
+    return Mount(target, **options)

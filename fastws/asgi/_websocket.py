@@ -61,7 +61,7 @@ def websocket_scope(request: Request, ws: Any, state: dict[str, Any] | None, roo
         "query_string": query,
         "headers": asgi_headers(request),
         "subprotocols": offered,
-        "extensions": {"websocket.http.response": {}},
+        "extensions": {"websocket.http.response": {}, "fastws": {"ws": ws, "request": request}},
     }
     if state is not None:
         scope["state"] = dict(state)
@@ -105,6 +105,29 @@ class WebSocketSession:
             self.task.cancel()
             raise
 
+    def hand_off(self, answer: Any) -> None:
+        """The ``fastws`` scope extension: answer the engine's accept with a native answer (an
+        :class:`~fastws.Accept`, a :class:`~fastws.Response` or an awaitable of one), so the
+        connection runs on the engine without ASGI messages (``fastws.asgi.mount`` does this)."""
+        if self.answer.done() or self.phase not in (_CONNECTING, _ACCEPTING):
+            raise RuntimeError("the WebSocket was already answered")
+        self.phase = _CLOSED
+        if answer is not None and hasattr(type(answer), "__await__"):
+            task = asyncio.ensure_future(answer)
+            task.add_done_callback(self._handed)
+        else:
+            self.answer.set_result(answer)
+
+    def _handed(self, task: asyncio.Future[Any]) -> None:
+        if self.answer.done():
+            return
+        if task.cancelled():
+            self.answer.cancel()
+        elif task.exception() is not None:
+            self.answer.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            self.answer.set_result(task.result())
+
     def _on_lost(self) -> None:
         if not self._lost.done():
             self._lost.set_result(None)
@@ -132,7 +155,7 @@ class WebSocketSession:
                 self.phase = _CLOSED
                 self.ws.close(1011, "")
             return
-        if not self.answer.done():
+        if not self.answer.done() and self.phase != _CLOSED:  # (_CLOSED: handed off, answer pending)
             logger.error("fastws: the ASGI application (%s) returned without accepting or closing the WebSocket",
                          self.scope["path"])
             self.answer.set_result(Response(500, "Internal Server Error"))

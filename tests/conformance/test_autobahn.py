@@ -67,12 +67,12 @@ def _report(kind: str, counts: Counter, bad: list[str], n: int) -> None:
             f.write(line + "\n")
 
 
-def _serve(spec: str):
+def _serve(spec: str, *extra: str):
     """``fastws serve spec`` in its own process; yields its URL, then checks its log."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastws", "--log-level", "warning", "serve", spec,
-         "--host", "127.0.0.1", "--port", str(port)],
+         "--host", "127.0.0.1", "--port", str(port), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20
@@ -106,7 +106,7 @@ def echo_server():
 @pytest.fixture(scope="module")
 def asgi_echo_server():
     """A Starlette WebSocket echo endpoint served by the fastws CLI as an ASGI app."""
-    yield from _serve("tests.conformance.asgi_echo:app")
+    yield from _serve("tests.conformance.asgi_echo:app", "--max-size", str(64 << 20))  # as examples/echo.py
 
 
 @pytest.mark.parametrize("group", SELECTED or GROUPS)
