@@ -173,8 +173,9 @@ class Server:
 
     @property
     def accept_hook(self) -> Callable[[Any, Request], Any]:
-        """What answers each request: the observability routes, the drain, then the app's
-        accept hook (an :class:`Accept`, a :class:`Response`, None or an awaitable of one)."""
+        """The hook that answers each request ``(ws, request)``. It tries the observability
+        routes and the drain first, then the app's accept hook, and gives an :class:`Accept`, a
+        :class:`Response`, None or an awaitable of one."""
         return self._accept_hook
 
     def _accept_hook(self, ws: Connection, request: Request) -> Any:

@@ -2,7 +2,7 @@
 
 - :class:`ASGIApp` wraps an ASGI app for ``fastws.serve`` / ``fastws serve``: ``websocket``
   scopes run on fastws' engine (its frames, limits, guards and metrics), ``http`` scopes on
-  :mod:`fastws.asgi._http` (httptools, keep-alive, streaming), ``lifespan`` as the spec says.
+  ``fastws/asgi/_http.py`` (httptools, keep-alive, streaming), ``lifespan`` as the spec says.
 - :func:`mount` gives an ASGI app serving a fastws App, room router or handler under any ASGI
   server (``app.mount("/rooms", fastws.asgi.mount(rooms))`` in FastAPI).
 """
@@ -14,10 +14,11 @@ from typing import Any
 
 from fastws.asgi._http import HTTPConnections
 from fastws.asgi._lifespan import Lifespan, LifespanFailed
+from fastws.asgi._mount import Mount
 from fastws.asgi._websocket import ClientDisconnected, WebSocketSession, websocket_scope
 from fastws.handshake import Request
 
-__all__ = ["ASGIApp", "ClientDisconnected", "LifespanFailed", "is_asgi_app", "mount"]
+__all__ = ["ASGIApp", "ClientDisconnected", "LifespanFailed", "Mount", "is_asgi_app", "mount"]
 
 
 def is_asgi_app(obj: Any) -> bool:
@@ -111,12 +112,10 @@ def mount(target: Any, **options: Any) -> Any:
     ``app.mount("/rooms", fastws.asgi.mount(rooms))`` in FastAPI or Starlette.
 
     Under fastws the connections go straight to the engine; under another ASGI server they run
-    on an engine connection bridged to the ASGI messages (see :mod:`fastws.asgi.mount`).
+    on an engine connection bridged to the ASGI messages (see ``fastws/asgi/_mount.py``).
 
     Args:
         target: anything ``fastws.serve`` takes.
         **options: ``max_size``, ``max_queue`` for the bridged connections.
     """
-    from fastws.asgi.mount import Mount
-
     return Mount(target, **options)

@@ -29,7 +29,7 @@ RULES = [
     # ASGI sits beside the App: the server knows it only as an app with fastws_http
     ("server.py", {"fastws.asgi", "fastws.app", "fastws.cli"}),
     ("asgi/__init__.py", {"fastws.server", "fastws.app", "fastws.cli"}),
-    ("asgi/_http.py", {"fastws.server", "fastws.app", "fastws.cli", "fastws.asgi.mount"}),
+    ("asgi/_http.py", {"fastws.server", "fastws.app", "fastws.cli", "fastws.asgi._mount"}),
     ("asgi/_websocket.py", {"fastws.server", "fastws.app", "fastws.cli", "fastws.asgi._http"}),
     ("asgi/_lifespan.py", {"fastws.server", "fastws.app", "fastws.cli", "fastws.asgi._http"}),
     # the command line: the shared helpers and the logging setup know no subcommand

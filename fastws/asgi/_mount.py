@@ -61,7 +61,12 @@ def route_path(scope: dict[str, Any]) -> str:
 
 
 class Mount:
-    """An ASGI app serving a fastws target (see the module docstring)."""
+    """An ASGI app serving a fastws target; build it with :func:`fastws.asgi.mount`.
+
+    Under fastws a websocket scope goes straight to the engine; under another ASGI server it
+    runs on an engine connection bridged to the ASGI messages. :meth:`startup` and
+    :meth:`shutdown` run the target's own hooks (call them from the mounting app's lifespan).
+    """
 
     def __init__(self, target: Any, *, max_size: int = 1 << 20, max_queue: int = 32) -> None:
         from fastws.server import resolve_app  # the server module builds accept hooks; it knows no ASGI
