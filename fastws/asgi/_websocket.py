@@ -153,7 +153,10 @@ class WebSocketSession:
             elif self.phase == _OPEN:
                 logger.error("fastws: exception in the ASGI application (%s)", self.scope["path"], exc_info=exc)
                 self.phase = _CLOSED
-                self.ws.close(1011, "")
+                if not self.opened.is_set():  # accepted, the 101 not out yet: close after it
+                    await _first(self.opened.wait(), self._lost)
+                if self.ws.open:
+                    self.ws.close(1011, "")
             return
         if not self.answer.done() and self.phase != _CLOSED:  # (_CLOSED: handed off, answer pending)
             logger.error("fastws: the ASGI application (%s) returned without accepting or closing the WebSocket",

@@ -207,3 +207,124 @@ async def test_client_gone_during_accept(serve):
     writer.close()
     await until(lambda: results, T)
     assert results == [{"type": "websocket.disconnect", "code": 1006, "reason": ""}]
+
+
+# ---------------------------------------------------------------- raw ASGI apps (uvicorn's cases)
+
+
+async def raw_app(serve, app):
+    async def asgi(scope, receive, send):
+        if scope["type"] == "websocket":
+            await app(scope, receive, send)
+
+    return await serve(ASGIApp(asgi, lifespan="off"))
+
+
+async def test_send_after_close_raises(serve):
+    raised = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "123"})
+        await send({"type": "websocket.close"})
+        try:
+            await send({"type": "websocket.send", "text": "456"})
+        except Exception as exc:  # the spec: a subclass of OSError
+            raised.append(exc)
+
+    server = await raw_app(serve, app)
+    async with websockets.connect(url(server, "/"), open_timeout=T) as ws:
+        assert await asyncio.wait_for(ws.recv(), T) == "123"
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), T)
+    assert ws.close_code == 1000
+    await until(lambda: raised, T)
+    assert isinstance(raised[0], OSError)
+
+
+@pytest.mark.allow_errors
+@pytest.mark.parametrize("first", [None, "websocket.send", "websocket.http.response.body"])
+async def test_missing_or_wrong_handshake_is_500(serve, first):
+    async def app(scope, receive, send):
+        await receive()
+        if first is not None:
+            await send({"type": first, "text": "early", "body": b""})
+
+    server = await raw_app(serve, app)
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(url(server, "/"), open_timeout=T)
+    assert info.value.response.status_code == 500
+
+
+@pytest.mark.allow_errors
+async def test_duplicate_accept_closes_with_1011(serve):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.accept"})
+
+    server = await raw_app(serve, app)
+    async with websockets.connect(url(server, "/"), open_timeout=T) as ws:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), T)
+    assert ws.close_code == 1011
+
+
+async def test_messages_sent_before_the_close_are_read(serve):
+    got = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "ready"})
+        for _ in range(10):
+            message = await receive()
+            got.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    server = await raw_app(serve, app)
+    async with websockets.connect(url(server, "/"), open_timeout=T) as ws:
+        assert await asyncio.wait_for(ws.recv(), T) == "ready"
+        await ws.send("one")
+        await ws.send(b"two")
+        await ws.close(1000)
+    await until(lambda: got and got[-1]["type"] == "websocket.disconnect", T)
+    assert got == [{"type": "websocket.receive", "text": "one"}, {"type": "websocket.receive", "bytes": b"two"},
+                   {"type": "websocket.disconnect", "code": 1000, "reason": ""}]
+
+
+async def test_denial_in_several_body_messages(serve):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 404,
+                    "headers": [(b"content-type", b"text/plain"), (b"x-why", b"gone")]})
+        await send({"type": "websocket.http.response.body", "body": b"not ", "more_body": True})
+        await send({"type": "websocket.http.response.body", "body": b"here"})
+
+    server = await raw_app(serve, app)
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(url(server, "/"), open_timeout=T)
+    response = info.value.response
+    assert (response.status_code, response.body, response.headers["x-why"]) == (404, b"not here", "gone")
+
+
+async def test_scope_of_a_websocket(serve):
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        await receive()
+        await send({"type": "websocket.close"})
+
+    server = await raw_app(serve, app)
+    with pytest.raises(InvalidStatus):
+        await websockets.connect(url(server, "/one%2Ftwo?x=1"), additional_headers={"X-Test": "yes"},
+                                 open_timeout=T)
+    scope = scopes[0]
+    assert scope["path"] == "/one/two" and scope["raw_path"] == b"/one%2Ftwo"
+    assert scope["query_string"] == b"x=1" and scope["scheme"] == "ws"
+    assert scope["asgi"]["version"] == "3.0" and scope["client"][0] == "127.0.0.1"
+    assert (b"x-test", b"yes") in scope["headers"]
+    assert "websocket.http.response" in scope["extensions"]
