@@ -103,7 +103,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def __init__(self, conns: HTTPConnections) -> None:
         self.conns = conns
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
@@ -122,6 +122,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.head_size = 0
         self.head_too_large = False
+        self.eof = False
 
     # ------------------------------------------------------------ asyncio protocol
 
@@ -139,7 +140,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.conns._discard(self)
         self._cancel_idle()
         for cycle in (self.running, *self.pipeline, self.cycle):
-            if cycle is not None:
+            if cycle is not None and not cycle.complete:
                 cycle.disconnected = True
                 cycle.event.set()
         self.pipeline.clear()
@@ -148,7 +149,15 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = None
 
     def eof_received(self) -> bool | None:
-        return None
+        # the client is done sending: answer what it asked, then close (a half-closed request
+        # still gets its response)
+        self.eof = True
+        if self.running is None and not self.pipeline:
+            return None
+        last = self.cycle
+        if last is not None and last.more_body and not last.body_done:
+            return None  # a request cut short: the connection is over (the app sees a disconnect)
+        return True
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -254,7 +263,7 @@ class HTTPProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if not cycle.keep_alive or self.conns.closing:
+        if not cycle.keep_alive or self.conns.closing or (self.eof and not self.pipeline):
             transport.close()
             return
         if self.pipeline:

@@ -427,3 +427,12 @@ async def test_guards_apply_to_http_requests(serve):
     async with httpx.AsyncClient(base_url=base(server)) as client:
         r = await client.get("/")
     assert r.status_code == 403
+
+
+async def test_half_closed_request_still_gets_its_response(site):
+    reader, writer = await raw_connect(site, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+    writer.write_eof()  # the client is done sending
+    status, _, body = await read_response(reader)
+    assert (status, body) == (200, b"hello")
+    assert await closed(reader)
+    writer.close()
