@@ -73,7 +73,8 @@ class Mount:
 
         self.target = target
         self._accept = resolve_app(target)
-        self._endpoint_options = {"max_size": max_size, "max_queue": max_queue}
+        self._max_size = max_size
+        self._max_queue = max_queue
         self._endpoint: Endpoint | None = None
         self._started = False
 
@@ -128,7 +129,7 @@ class Mount:
         headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ()))
         client = scope.get("client")
         request = Request(scope.get("method", "GET"), target, headers, scope.get("http_version", "1.1"),
-                          tuple(client) if client else None)  # type: ignore[arg-type]
+                          tuple(client) if client else None)
         request.scope["params"] = {"path": request.path.lstrip("/")}
         request.body = body
         return request
@@ -188,7 +189,7 @@ class Mount:
         if self._endpoint is None:
             self._endpoint = Endpoint(False, ping_interval=0.0, ping_timeout=0.0, idle_timeout=0.0,
                                       handshake_timeout=0.0, compression=None, accept=self._accept_bridged,
-                                      **self._endpoint_options)
+                                      max_size=self._max_size, max_queue=self._max_queue)
             self._endpoint.loop = asyncio.get_running_loop()
         return self._endpoint
 
@@ -232,7 +233,7 @@ class Mount:
 
 
 def _raw_under(scope: dict[str, Any]) -> str:
-    raw = scope["raw_path"].decode("latin-1")
+    raw: str = scope["raw_path"].decode("latin-1")
     root = scope.get("root_path", "")
     return raw[len(root):] if root and raw.startswith(root) else raw
 
