@@ -50,11 +50,11 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUS = (204, 304)
 
 
+_PHRASES = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
 def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    return _PHRASES.get(status, b"")
 
 
 class HTTPConnections:
@@ -341,7 +341,7 @@ class _Cycle:
     """One request and its response."""
 
     __slots__ = ("proto", "request", "scope", "head", "keep_alive", "expect_100", "body", "more_body", "event",
-                 "disconnected", "started", "complete", "chunked", "remaining", "task", "status", "started_at", "body_done")
+                 "disconnected", "started", "complete", "chunked", "remaining", "task", "status", "started_at", "body_done", "out")
 
     def __init__(self, proto: HTTPProtocol, request: Request, headers: list[tuple[bytes, bytes]], keep_alive: bool,
                  expect_100: bool) -> None:
@@ -361,6 +361,7 @@ class _Cycle:
         self.remaining: int | None = None
         self.task: asyncio.Task[None] | None = None
         self.status = 0
+        self.out = b""
         self.started_at = time.monotonic()
         conns = proto.conns
         raw, _, query = request.target.partition("?")
@@ -466,21 +467,24 @@ class _Cycle:
             raise RuntimeError(f"Expected ASGI message 'http.response.body', but got {kind!r}")
         body = message.get("body", b"")
         more = message.get("more_body", False)
-        write = proto.transport.write
+        out = self.out  # the head, until the first body message: they leave in one write
+        self.out = b""
         if self.head:
             pass
         elif self.chunked:
             if body:
-                write(b"%x\r\n%b\r\n" % (len(body), body))
+                out += b"%x\r\n%b\r\n" % (len(body), body)
             if not more:
-                write(b"0\r\n\r\n")
+                out += b"0\r\n\r\n"
         else:
             if self.remaining is not None:
                 if len(body) > self.remaining:
                     raise RuntimeError("Response content longer than Content-Length")
                 self.remaining -= len(body)
             if body:
-                write(body)
+                out = out + body if out else body
+        if out:
+            proto.transport.write(out)
         if not more:
             if self.remaining and not self.head:
                 raise RuntimeError("Response content shorter than Content-Length")
@@ -528,7 +532,7 @@ class _Cycle:
             if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
                 raise RuntimeError(f"invalid response header {name!r}")
             lines.append(name + b": " + value)
-        self.proto.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        self.out = b"\r\n".join(lines) + b"\r\n\r\n"  # written with the first body message
 
     def _write_response(self, response: Response) -> None:
         transport = self.proto.transport
