@@ -292,7 +292,15 @@ class App:
         class _Hook:
             fastws_accept = staticmethod(hook)
 
-        app.mount("/", _Hook())
+        wrapped = _Hook()
+        for name in ("fastws_startup", "fastws_shutdown"):  # an ASGI app's lifespan, ...
+            fn = None if isinstance(target, type) else getattr(target, name, None)
+            if fn is not None:
+                setattr(wrapped, name, fn)
+        http = None if isinstance(target, type) else getattr(target, "fastws_http", None)
+        if http is not None:
+            app.fastws_http = http  # type: ignore[attr-defined]  # the target answers plain HTTP itself
+        app.mount("/", wrapped)
         opts = getattr(target, "server_options", None)
         if opts:
             for k, v in opts.items():

@@ -164,11 +164,24 @@ class Server:
 
             self._routes.update(jsclient.routes())
         self._metrics_server: Server | None = None
+        # an app that answers plain HTTP on its own connections (fastws.asgi.ASGIApp): its
+        # fastws_http(server) gives the protocol factory; upgrades go back to the engine
+        self._http_hook = None if isinstance(app, type) else getattr(app, "fastws_http", None)
+        self._http: Any = None
+        if self._http_hook is not None and transport == "socket":
+            raise ValueError("an app with fastws_http (an ASGI app) runs on the loop's transports, not 'socket'")
 
     # -------------------------------------------------------------- lifecycle
 
     def _is_ready(self) -> bool:
         return self._ready and not self._closing
+
+    @property
+    def accept_hook(self) -> Callable[[Any, Request], Any]:
+        """The hook that answers each request ``(ws, request)``. It tries the observability
+        routes and the drain first, then the app's accept hook, and gives an :class:`Accept`, a
+        :class:`Response`, None or an awaitable of one."""
+        return self._accept_hook
 
     def _accept_hook(self, ws: Connection, request: Request) -> Any:
         if access_logger.isEnabledFor(logging.INFO):
@@ -212,6 +225,8 @@ class Server:
         return result
 
     def _log_result(self, ws: Connection, request: Request, result: Any, started: float) -> None:
+        if result is None and not request.is_websocket:
+            return  # the app streams its own response (fastws.asgi) and logs it
         if isinstance(result, Response):
             log_access(request, result.status, None, started)
             return
@@ -242,7 +257,10 @@ class Server:
             self._metrics_server = Server(None, self.host, self.metrics_port, accept=self.observability.fastws_accept,
                                           metrics=False, health=False, compression=False)
             await self._metrics_server.start()
-        if self.transport == "socket" or (self.transport == "auto" and self.ssl is None):
+        factory: Callable[[], Any] = self._factory
+        if self._http_hook is not None:
+            self._http = factory = self._http_hook(self)
+        elif self.transport == "socket" or (self.transport == "auto" and self.ssl is None):
             self._server = _SocketServer(loop, self.endpoint, self._listen_sockets())
             return self
         create_server = loop.create_server
@@ -253,12 +271,12 @@ class Server:
             def create_server(*args: Any, **kw: Any) -> Any:
                 return fast.create_server(loop, *args, **kw)
         if self.sock is not None:
-            self._server = await create_server(self._factory, sock=self.sock, ssl=self.ssl, backlog=self.backlog)
+            self._server = await create_server(factory, sock=self.sock, ssl=self.ssl, backlog=self.backlog)
         else:
             kw: dict[str, Any] = {}
             if self.reuse_port:
                 kw["reuse_port"] = True
-            self._server = await create_server(self._factory, self.host, self.port, ssl=self.ssl,
+            self._server = await create_server(factory, self.host, self.port, ssl=self.ssl,
                                                backlog=self.backlog, **kw)
         return self
 
@@ -366,16 +384,23 @@ class Server:
         timeout = self.shutdown_timeout if timeout is None else timeout
         if self._server is not None:
             self._server.close()
+        if self._http is not None:
+            self._http.close()  # idle keep-alive connections now, busy ones after their response
         conns = list(self.endpoint.connections)
         for conn in conns:
             conn._going_away(code, reason)
         waits = [asyncio.ensure_future(conn.wait_closed()) for conn in conns]
         tasks = [conn.task for conn in conns if conn.task is not None and not conn.task.done()]
         pending = set(waits) | set(tasks)
+        if self._http is not None:
+            waits.append(asyncio.ensure_future(self._http.wait_closed()))
+            pending.add(waits[-1])
         if pending:
             done, pending = await asyncio.wait(pending, timeout=timeout)
         for conn in list(self.endpoint.connections):
             conn.abort()
+        if self._http is not None:
+            self._http.abort()
         for t in tasks:
             if not t.done():
                 t.cancel()

@@ -110,6 +110,9 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ssl-certfile", default=None)
     s.add_argument("--ssl-keyfile", default=None)
     s.add_argument("--no-uvloop", action="store_true", help="run on asyncio's own event loop")
+    s.add_argument("--interface", choices=["auto", "asgi", "fastws"], default="auto",
+                   help="auto (default): an ASGI 3 app (FastAPI, Starlette: async (scope, receive, send)) "
+                        "is served as one; asgi: always; fastws: never")
     s.add_argument("--transport", choices=["auto", "socket", "loop", "aiofastnet"], default=None,
                    help="auto (default): fastws' socket transport for TCP, the loop's for TLS")
     g = s.add_argument_group("guards (override the app's settings and the --config file's)")
@@ -319,8 +322,10 @@ def serve_one(args: argparse.Namespace, *, reuse_port: bool = False, on_ready: A
     """Import the app and serve it in this process until SIGINT/SIGTERM."""
     from fastws.server import run
 
-    app = load_app(args.app, args.app_dir)
+    app = as_interface(args, load_app(args.app, args.app_dir))
     options = serve_options(args, app)
+    if getattr(app, "fastws_http", None) is not None and options.get("transport") == "socket":
+        raise CLIError("an ASGI app runs on the loop's transports: use --transport auto or loop")
     app = apply_guards(args, app)
 
     def ready(server: Any) -> None:
@@ -334,7 +339,29 @@ def serve_one(args: argparse.Namespace, *, reuse_port: bool = False, on_ready: A
         run(app, args.host, args.port, use_uvloop=not args.no_uvloop, ready=ready, reuse_port=reuse_port, **options)
     except OSError as exc:
         raise _listen_error(args, exc) from None
+    except RuntimeError as exc:
+        from fastws.asgi import LifespanFailed
+
+        if isinstance(exc, LifespanFailed):
+            raise CLIError(str(exc)) from None
+        raise
     return 0
+
+
+def as_interface(args: argparse.Namespace, app: Any) -> Any:
+    """``app`` wrapped in :class:`fastws.asgi.ASGIApp` when ``--interface`` says it is an ASGI
+    app (``auto``: when it looks like one)."""
+    interface = getattr(args, "interface", "auto") or "auto"
+    if interface == "fastws":
+        return app
+    from fastws.asgi import ASGIApp, is_asgi_app
+
+    if interface == "asgi" or is_asgi_app(app):
+        try:
+            return ASGIApp(app)
+        except TypeError as exc:
+            raise CLIError(f"--interface asgi: {exc}") from None
+    return app
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -26,6 +26,12 @@ RULES = [
     ("bench/modes/chat.py", {"fastws.bench.modes", "fastws.bench.orchestrate", "fastws.bench.runner", "fastws.cli"}),
     ("bench/modes/__init__.py", {"fastws.bench.orchestrate", "fastws.bench.runner", "fastws.cli"}),
     ("bench/orchestrate.py", {"fastws.bench.runner", "fastws.cli"}),
+    # ASGI sits beside the App: the server knows it only as an app with fastws_http
+    ("server.py", {"fastws.asgi", "fastws.app", "fastws.cli"}),
+    ("asgi/__init__.py", {"fastws.server", "fastws.app", "fastws.cli"}),
+    ("asgi/_http.py", {"fastws.server", "fastws.app", "fastws.cli", "fastws.asgi._mount"}),
+    ("asgi/_websocket.py", {"fastws.server", "fastws.app", "fastws.cli", "fastws.asgi._http"}),
+    ("asgi/_lifespan.py", {"fastws.server", "fastws.app", "fastws.cli", "fastws.asgi._http"}),
     # the command line: the shared helpers and the logging setup know no subcommand
     ("cli/_common.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.connect", "fastws.cli.bench"}),
     ("cli/_logging.py", {"fastws.cli.serve", "fastws.cli.workers", "fastws.cli.connect", "fastws.cli.bench"}),
