@@ -12,6 +12,9 @@ report gives the medians and the ratios of the per-round figures::
 
     python -m benchmarks.fanout_history --subs 1000 --pubs 2000 --rounds 5
 
+A third row, ``plain+pad``, is the plain room with each message as long as the history
+room's envelope, which tells the cost of the envelope's bytes from the cost of the log.
+
 Figures: deliveries/s (as the load client saw them) and the server's CPU time per delivery
 (/proc, user + system). Every subscriber checks what it got: the plain one the count, the
 first logged one also that its offsets follow on with no gap. Loopback only, every loop
@@ -98,11 +101,12 @@ class _Run:
 class Target:
     """One server, its publisher and subscribers (connected once, used every round)."""
 
-    def __init__(self, name: str, app: str, logged: bool) -> None:
+    def __init__(self, name: str, app: str, logged: bool, pad: int = 0) -> None:
         from benchmarks._serverproc import ServerProcess
 
         self.name = name
         self.logged = logged
+        self.pad = pad  # extra payload bytes (the "plain, envelope-sized" row)
         self.server = ServerProcess(app, "--no-metrics", "--no-compression")
         self.subs: list[_Sub] = []
         self.conns: list[Any] = []
@@ -146,7 +150,7 @@ class Target:
                     raise TimeoutError(f"{self.name}: {sent} published, deliveries stalled (subscribers got "
                                        f"{min(ns)}..{max(ns)} messages in all)")
                 continue
-            await self.pub.send(payload)
+            await self.pub.send(payload + "x" * self.pad if self.pad else payload)
             sent += 1
         await asyncio.wait_for(run.done, max(0.1, deadline - time.perf_counter()))
         wall = time.perf_counter() - t0
@@ -168,8 +172,11 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     if os.cpu_count() and os.cpu_count() > 1:  # the servers are on CPU 0
         os.sched_setaffinity(0, {1})
     payload = "P" + "x" * (a.size - 1)
+    # the envelope's own bytes: {"type":"message","epoch":"<16 hex>","offset":<n>,"data":"..."}
+    pad = len(orjson.dumps({"type": "message", "epoch": "0" * 16, "offset": a.pubs * a.rounds, "data": ""}))
     targets = [Target("plain", "benchmarks.fanout_history:plain_app", False),
-               Target("history", "benchmarks.fanout_history:history_app", True)]
+               Target("history", "benchmarks.fanout_history:history_app", True),
+               Target("plain+pad", "benchmarks.fanout_history:plain_app", False, pad)]
     try:
         for t in targets:
             await t.connect(a.subs)
@@ -177,7 +184,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             await t.round(min(200, a.pubs), a.window, payload, a.timeout)
         per: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
         for r in range(a.rounds):
-            for t in (targets if r % 2 == 0 else targets[::-1]):
+            for t in targets[r % 3:] + targets[:r % 3]:  # each first in turn
                 per[t.name].append(await t.round(a.pubs, a.window, payload, a.timeout, a.rate))
         errors = [e for t in targets for e in t.run.errors]
         for t in targets:
@@ -192,11 +199,13 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
                               "errors": errors[:10]}
     for name, rows in per.items():
         report[name] = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
-    pr = per["plain"]
     hr = per["history"]
-    report["ratio_deliveries"] = statistics.median(h["deliveries_per_s"] / p["deliveries_per_s"] for p, h in zip(pr, hr))
-    report["ratio_cpu"] = statistics.median(h["server_us_per_delivery"] / p["server_us_per_delivery"]
-                                            for p, h in zip(pr, hr))
+    for base in ("plain", "plain+pad"):
+        pr = per[base]
+        report[f"ratio_deliveries_vs_{base}"] = statistics.median(
+            h["deliveries_per_s"] / p["deliveries_per_s"] for p, h in zip(pr, hr))
+        report[f"ratio_cpu_vs_{base}"] = statistics.median(
+            h["server_us_per_delivery"] / p["server_us_per_delivery"] for p, h in zip(pr, hr))
     return report
 
 
@@ -218,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         how = f"{a.rate:g} publishes/s" if a.rate else f"window {a.window}"
         print(f"fan-out, 1 publisher, {a.subs} subscribers, {a.size} B, {how}, {a.pubs} publishes x "
               f"{a.rounds} rounds (medians); history: synchronous {report['synchronous']}")
-        for name in ("plain", "history"):
+        for name in ("plain", "plain+pad", "history"):
             r = report[name]
-            print(f"  {name:8} {r['deliveries_per_s']:>12,.0f} deliveries/s  "
+            print(f"  {name:9} {r['deliveries_per_s']:>12,.0f} deliveries/s  "
                   f"{r['server_us_per_delivery']:.3f} us server CPU per delivery")
-        print(f"  history / plain: deliveries/s {report['ratio_deliveries']:.3f}, "
-              f"server CPU per delivery {report['ratio_cpu']:.3f}")
+        for base in ("plain", "plain+pad"):
+            print(f"  history / {base}: deliveries/s {report[f'ratio_deliveries_vs_{base}']:.3f}, "
+                  f"server CPU per delivery {report[f'ratio_cpu_vs_{base}']:.3f}")
         for e in report["errors"]:
             print("  ERROR:", e)
     return 1 if report["errors"] else 0
