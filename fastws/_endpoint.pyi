@@ -40,6 +40,8 @@ class Endpoint:
                  max_header_size: int = ..., compression: Any = None, accept: Any = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None: ...
     def stop(self) -> None: ...
+    def count_http_request(self) -> None:
+        """Count one plain HTTP request answered outside the engine (an ASGI app's http scope)."""
     def stats(self) -> dict[str, Any]:
         """A snapshot of the endpoint's C-level counters and histograms: attempted, established,
         failed, closed, active, http_requests, messages/bytes received and sent, errors,

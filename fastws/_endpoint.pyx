@@ -120,6 +120,10 @@ cdef class Endpoint:
             self._last_trim = now_s
             pool_trim(True)
 
+    def count_http_request(self):
+        """Count one plain HTTP request answered outside the engine (an ASGI app's http scope)."""
+        self._st.http_requests += 1
+
     def stats(self):
         """A snapshot of this endpoint's counters and histograms (a dict of plain numbers)."""
         out = snapshot(&self._st)

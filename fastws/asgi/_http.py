@@ -550,6 +550,7 @@ class _Cycle:
     def _done(self) -> None:
         self.complete = True
         self.event.set()
+        self.proto.conns.server.endpoint.count_http_request()  # fastws_http_requests_total
         if access_logger.isEnabledFor(logging.INFO):
             log_access(self.request, self.status, None, self.started_at)
         self.proto.response_done(self)

@@ -97,6 +97,14 @@ async def test_fastapi_json_and_post(api):
         assert r.status_code == 404
 
 
+async def test_asgi_http_requests_are_counted_like_native_ones(api):
+    before = api.endpoint.stats()["http_requests"]
+    async with httpx.AsyncClient(base_url=base(api)) as client:   # one keep-alive connection
+        for path in ("/json", "/json", "/missing"):
+            await client.get(path)
+    assert api.endpoint.stats()["http_requests"] - before == 3
+
+
 async def test_lifespan_startup_state_and_shutdown(serve):
     asgi_apps.events.clear()
     server = await serve(ASGIApp(asgi_apps.api))
