@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import struct
+import subprocess
+import sys
 import time
 
 from tests.conftest import MS  # noqa: F401  (re-export)
@@ -75,3 +78,23 @@ async def until(predicate, timeout: float = 5.0, step: float = 0.01) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(step)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_history_server(port: int, data: str) -> subprocess.Popen[str]:
+    """``fastws serve tests.integration.history_app:app`` on 127.0.0.1:``port`` with its rooms in
+    ``data``, once it accepts connections (20 s at most, else its stderr in the error)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastws", "serve", "tests.integration.history_app:app",
+                             "--host", "127.0.0.1", "--port", str(port), "--data-dir", data, "--no-metrics"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("server did not start: " + proc.communicate(timeout=5)[1])

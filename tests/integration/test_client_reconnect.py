@@ -7,12 +7,10 @@ handlers that speak the room protocol with faults in it, and the ``websockets`` 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from http import HTTPStatus
 
@@ -22,10 +20,9 @@ import websockets
 
 import fastws
 from fastws.reconnect import RECONNECT_CODES
-from tests.helpers import until
+from tests.helpers import start_history_server, until
 
 T = 10.0
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = {"backoff_initial": 0.02, "backoff_max": 0.2}
 
 
@@ -55,19 +52,7 @@ async def recv_json(ws):
 # the history room in a subprocess
 
 
-def start_server(port: int, data: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "fastws", "serve", "tests.integration.history_app:app",
-                             "--host", "127.0.0.1", "--port", str(port), "--data-dir", data, "--no-metrics"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("server did not start: " + proc.communicate(timeout=5)[1])
+start_server = start_history_server
 
 
 async def stop_server(proc: subprocess.Popen[str], sig: int) -> None:

@@ -9,8 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 
 import orjson
 import pytest
@@ -18,11 +16,10 @@ import websockets
 
 import fastws
 from fastws.rooms import RoomRouter
-from tests.helpers import until
+from tests.helpers import start_history_server, until
 from tests.integration.history_app import Chat, Echoless, Plain, Short
 
 T = 5.0
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 async def recv_json(ws):
@@ -217,19 +214,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(port: int, data: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "fastws", "serve", "tests.integration.history_app:app",
-                             "--host", "127.0.0.1", "--port", str(port), "--data-dir", data, "--no-metrics"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("server did not start: " + proc.communicate(timeout=5)[1])
+_start_server = start_history_server
 
 
 async def test_kill_9_mid_stream_then_resume_misses_nothing_and_doubles_nothing(tmp_path):
