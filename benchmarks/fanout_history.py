@@ -3,7 +3,7 @@
 Two ``fastws serve`` processes (pinned to CPU 0; this load client runs on CPU 1): one serves
 :class:`Plain` (every text message is broadcast to the whole room), the other :class:`Logged`,
 the same room with ``history = 10_000``, so each broadcast gets its offset, its envelope
-(``{"type":"message","epoch":...,"offset":n,"data":...}``) and its log entry, durable before
+(``{"epoch":...,"offset":n,"data":...}``) and its log entry, durable before
 it leaves (the room's SQLite file, ``synchronous = FULL`` as by default; ``--synchronous
 NORMAL`` for the WAL without an fsync per commit). One publisher and ``--subs`` subscribers
 in one room per server; closed loop with ``--window`` publishes in flight ahead of the
@@ -172,8 +172,8 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     if os.cpu_count() and os.cpu_count() > 1:  # the servers are on CPU 0
         os.sched_setaffinity(0, {1})
     payload = "P" + "x" * (a.size - 1)
-    # the envelope's own bytes: {"type":"message","epoch":"<16 hex>","offset":<n>,"data":"..."}
-    pad = len(orjson.dumps({"type": "message", "epoch": "0" * 16, "offset": a.pubs * a.rounds, "data": ""}))
+    # the envelope's own bytes: {"epoch":"<8 hex>","offset":<n>,"data":"..."}
+    pad = len(orjson.dumps({"epoch": "0" * 8, "offset": a.pubs * a.rounds, "data": ""}))
     targets = [Target("plain", "benchmarks.fanout_history:plain_app", False),
                Target("history", "benchmarks.fanout_history:history_app", True),
                Target("plain+pad", "benchmarks.fanout_history:plain_app", False, pad)]

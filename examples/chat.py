@@ -13,7 +13,7 @@
 - On close the others get ``{"type": "user_left", ...}``. ``GET /room`` returns
   ``{"sessions": N, "messages": M}``. History is in ``<data-dir>/<class name>/<room>.sqlite3``.
 - ``resumable`` serves :class:`ResumableChatRoom`, which keeps a log (``history = 1000``): every
-  broadcast leaves in an envelope ``{"type": "message", "epoch", "offset", "data"}``, and a client
+  broadcast leaves in an envelope ``{"epoch", "offset", "data"}``, and a client
   that reconnects with ``?since=<epoch>:<offset>`` gets exactly what it missed instead of the last
   50 messages (the user_joined then goes to everyone, the joiner too, so that its offsets have no
   gap).

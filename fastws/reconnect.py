@@ -27,7 +27,7 @@ and replaces it when it is lost. The rules:
    close is noticed by a ``recv`` (or a ``send``): keep a reader running (``async for``), as
    with any connection, and hooks and reconnections happen as soon as it arrives.
 4. *Resume* (``resume=True``, for rooms with ``history``). Every message envelope
-   ``{"type": "message", "epoch": E, "offset": n, ...}`` moves the position to ``E:n``; a
+   ``{"epoch": E, "offset": n, "data": ...}`` moves the position to ``E:n``; a
    reconnection asks for ``?since=E:n``. The first message on such a connection is the room's
    answer: a ``history`` frame is unpacked into its envelopes, a ``reset`` frame is passed on
    as it is (and parsed into ``last_reset``, a :class:`fastws.HistoryReset`), an ``error`` frame is
@@ -78,8 +78,9 @@ logger = logging.getLogger("fastws.client")
 RECONNECT_CODES: frozenset[int] = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1014})
 
 # The envelope as fastws' rooms write it (orjson, keys in this order): matched on the prefix only,
-# so tracking the position costs no JSON parse of the data.
-_ENVELOPE = re.compile(r'\{"type":"message","epoch":"([0-9a-f]{1,32})","offset":([0-9]{1,18}),')
+# so tracking the position costs no JSON parse of the data. Logs written before the envelope lost
+# its "type" key replay entries that still have it.
+_ENVELOPE = re.compile(r'\{(?:"type":"message",)?"epoch":"([0-9a-f]{1,32})","offset":([0-9]{1,18}),"data":')
 # what a socket excluded from a logged broadcast gets: the offset, no message
 _SKIP = re.compile(r'\{"type":"skip","epoch":"([0-9a-f]{1,32})","offset":([0-9]{1,18})\}')
 _NOT_RETRYABLE_STATUS = frozenset(range(300, 500)) - {408, 425, 429}

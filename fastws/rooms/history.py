@@ -6,8 +6,9 @@ A room with ``history = N`` (class attribute; ``history_ttl`` adds an age limit)
 last N broadcasts in an ordered log:
 
 1. *Offsets and the epoch.* Every broadcast to the whole room gets the next offset (1, 2, ...)
-   and leaves as an envelope ``{"type": "message", "epoch": E, "offset": n, "data": ...}``.
-   The epoch is a random id made when the log is created; it changes whenever the log is lost
+   and leaves as an envelope ``{"epoch": E, "offset": n, "data": ...}`` (those three keys, in
+   that order: about 40 bytes on top of the message). The epoch (8 hex digits) is a random id
+   made when the log is created; it changes whenever the log is lost
    (a new database file), so a client never trusts offsets from another life of the room.
 2. *Durable before visible.* An entry is written to the room's storage (the ``_fastws_log``
    table of its SQLite file) in the same batch as the writes made before it, and the envelope
@@ -33,6 +34,9 @@ last N broadcasts in an ordered log:
 A logged broadcast that excludes sockets (``exclude=``) gives each of them
 ``{"type": "skip", "epoch": E, "offset": n}`` instead (the offset, not the data), so every socket
 sees contiguous offsets; a client that resumes later gets the entry itself in its catch-up.
+
+Entries logged by fastws 0.x before the envelope lost its ``"type": "message"`` key (and its
+16-digit epoch) are replayed as they were stored; both clients read either form.
 
 What is not logged: broadcasts to a tag (they do not go to the whole room) and bytes messages
 (an envelope is JSON text); they are sent as before.
@@ -90,7 +94,7 @@ class History:
             self.epoch = epoch
             self.last = max(last, rows[-1][0] if rows else 0)
             return False
-        self.epoch = secrets.token_hex(8)
+        self.epoch = secrets.token_hex(4)
         self.last = 0
         self.entries.clear()
         return True
@@ -99,8 +103,7 @@ class History:
         """Log ``message`` (a str or a JSON value): its offset, time and envelope text."""
         ts = time.time() if now is None else now
         self.last += 1
-        env = orjson.dumps({"type": "message", "epoch": self.epoch, "offset": self.last,
-                            "data": message}).decode("utf-8")
+        env = orjson.dumps({"epoch": self.epoch, "offset": self.last, "data": message}).decode("utf-8")
         entry = (self.last, ts, env)
         self.entries.append(entry)
         return entry

@@ -8,7 +8,7 @@
 // 1. Connecting. The first attempt is made at once; after a drop, attempt n (0, 1, ...) waits a
 //    random time in [0, min(backoff.max, backoff.initial * backoff.factor ** n)] ("full jitter"),
 //    so clients dropped together do not come back together. An open socket resets n.
-// 2. Resuming. Every room envelope {"type":"message","epoch","offset","data"} moves the client's
+// 2. Resuming. Every room envelope {"epoch","offset","data"} moves the client's
 //    position (epoch:offset). A reconnect adds ?since=epoch:offset to the URL; the room answers
 //    first with {"type":"history",...} (each entry becomes one "message" event, in order, with
 //    replayed=true) or {"type":"reset",...} (a "reset" event: rebuild state from what the room
@@ -91,8 +91,14 @@ function isObject(v) {
   return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
+/**
+ * {"epoch","offset","data"}: a logged broadcast (exactly those keys; entries logged before the
+ * envelope lost its "type" key also have type "message").
+ */
 function isEnvelope(v) {
-  return v.type === "message" && typeof v.epoch === "string" && Number.isSafeInteger(v.offset) && "data" in v;
+  if (typeof v.epoch !== "string" || !Number.isSafeInteger(v.offset) || !("data" in v)) return false;
+  const n = Object.keys(v).length;
+  return n === 3 || (n === 4 && v.type === "message");
 }
 
 /** {"type":"skip","epoch","offset"}: an entry this socket was excluded from (its offset only). */

@@ -118,7 +118,7 @@ class Sender:
                         await ws.send(json.dumps({"content": content}))
                         for _ in range(200):  # its echo, past the joins and the recent messages
                             m = json.loads(await asyncio.wait_for(ws.recv(), 5))
-                            if m.get("type") == "message" and m["data"].get("content") == content:
+                            if "offset" in m and m["data"].get("content") == content:
                                 break
                         self.sent.append(content)
                         await asyncio.sleep(0.01)

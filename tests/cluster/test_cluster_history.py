@@ -29,7 +29,7 @@ async def join(url, since=None):
     """Connect; (socket, the history/reset/error frame or None, the welcome)."""
     ws = await fastws.connect(url + (f"?since={since}" if since is not None else ""))
     first = await recv_json(ws)
-    if first["type"] == "welcome":
+    if first.get("type") == "welcome":
         return ws, None, first
     return ws, first, await recv_json(ws)
 

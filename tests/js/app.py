@@ -50,7 +50,7 @@ class Log(Room):
             # what a dropped message looks like to the sender (slow_consumer = "drop"): an
             # envelope one offset past the next (a forged one: the log never holds it)
             h = self._slot.history
-            ws.send(orjson.dumps({"type": "message", "epoch": h.epoch, "offset": h.last + 2,
+            ws.send(orjson.dumps({"epoch": h.epoch, "offset": h.last + 2,
                                   "data": "never"}).decode())
         elif message.startswith("burst:"):
             self.broadcast(message)

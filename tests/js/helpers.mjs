@@ -68,7 +68,7 @@ export async function publisher(url) {
     async say(text) {
       const from = frames.length;
       ws.send(text);
-      return until(() => frames.slice(from).map(parse).find((m) => m && m.type === "message" && m.data === text),
+      return until(() => frames.slice(from).map(parse).find((m) => m && Number.isSafeInteger(m.offset) && m.data === text),
                    `the echo of ${text}`);
     },
     close: () => ws.close(),
