@@ -91,3 +91,16 @@ def broadcast(object connections, object data, *, Output exclude=None, Py_ssize_
         conn.endpoint._st.bytes_out += n
         conn.endpoint._st.broadcasts += 1
     return skipped
+
+
+def flush(object connections):
+    """Write now what :func:`broadcast` queued for these connections in this loop turn.
+
+    Broadcast frames normally leave at the end of the loop turn; a caller that has just sent a
+    whole batch (a room releasing the messages that waited for a commit) calls this so they
+    leave at once, one send per connection, instead of a loop iteration later. Connections
+    with nothing queued, and objects that are not server connections, are passed over.
+    """
+    for obj in connections:
+        if isinstance(obj, Output):
+            (<Output>obj)._flush_bq()

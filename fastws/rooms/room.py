@@ -264,6 +264,7 @@ def _close_conn(sock: RoomSocket, code: int, reason: str) -> None:
 
 
 from fastws._fanout import broadcast as _engine_broadcast  # noqa: E402  (frames once, corks per turn)
+from fastws._fanout import flush as _engine_flush  # noqa: E402
 
 
 class Room:
@@ -511,12 +512,19 @@ class RoomSlot:
 
     def _committed(self, seq: int) -> None:
         gate = self.gate
+        released = False
         while gate and gate[0][0] <= seq:
             _, fn, args = gate.popleft()
+            released = True
             try:
                 fn(*args)
             except Exception:
                 logger.exception("fastws.rooms: sending from room %r failed", self.name)
+        if released:
+            # what waited for this commit has waited long enough: it leaves now, each
+            # socket's share in one send, not at the end of the loop turn
+            conns = self.all_conns
+            _engine_flush(conns if conns is not None else [s.conn for s in self.sockets if s.conn is not None])
 
     def _commit_failed(self, seq: int, exc: BaseException) -> None:
         # what was sent after the lost writes must never be seen; the room restarts from disk

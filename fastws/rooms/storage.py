@@ -1,4 +1,4 @@
-"""A room's storage: one SQLite database file per room, WAL mode, run off the event loop.
+"""A room's storage: one SQLite database file per room, WAL mode; the disk waits run off the event loop.
 
 Theory of operation
 -------------------
@@ -7,7 +7,18 @@ Theory of operation
    keeps the jobs of one room in order; different rooms run in parallel).
 2. ``put``/``delete`` do not wait for the disk: they stage the change in memory (reads see it at
    once) and the staged changes of one event-loop turn are committed together, in one SQLite
-   transaction, by one job (writes are *coalesced*).
+   transaction (writes are *coalesced*; while a commit is in flight the next turns' changes
+   wait and go together: *group commit*).
+   With ``synchronous`` FULL or NORMAL the connection runs with SQLite's NORMAL, so a commit
+   only writes the WAL (page cache, tens of microseconds): a small batch is written right on
+   the loop thread when no job is using the connection, and, for FULL, made durable by an
+   fsync of the WAL on the chain, which the turn waits for up to ``SYNC_WAIT`` (2 ms per loop
+   iteration, shared by all rooms) before it moves on; the gate opens when the fsync is done.
+   A commit that ran whole on a pool thread would cost its output one loop iteration or more:
+   that thread must take the GIL back between SQLite calls, and a busy loop holds it. Big
+   batches, and batches while a job runs, still go to the chain whole. SQLite's automatic
+   checkpoints are off (they would run inside a commit on the loop); the chain checkpoints the
+   WAL every ``CHECKPOINT_COMMITS`` commits or ``CHECKPOINT_BYTES``.
 3. Durability before visibility: every staged batch has a sequence number. The room's output
    gate (see :mod:`fastws.rooms.room`) holds every message sent after a write until the batch
    holding that write is committed, so no client sees state a crash would take back.
@@ -19,6 +30,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import builtins
 import concurrent.futures
@@ -52,7 +64,47 @@ _SCHEMA = (
 # a room's message log (fastws.rooms.history), created with its first entry
 LOG_TRIM_STEP = 64  # the log table is trimmed when this many entries are past the limit
 LOG_COUNT_EVERY = 256 << 10  # log-only commits count the file's pages after this many bytes
+LOG_ROWS = 300  # log entries per INSERT statement (3 parameters each: under SQLite's old limit of 999)
 _LOG_SCHEMA = "CREATE TABLE IF NOT EXISTS _fastws_log (offset INTEGER PRIMARY KEY, ts REAL NOT NULL, data TEXT NOT NULL)"
+
+
+# Commits written on the loop thread (Storage._commit_here): batches up to this size, and the
+# time a loop iteration may spend waiting for their fsyncs (FULL) before it moves on
+INLINE_COMMIT_BYTES = 256 << 10
+INLINE_COMMIT_KEYS = 256
+INLINE_TRIM_ROWS = 4096  # log entries a trim may delete (a history_ttl can expire many at once)
+SYNC_WAIT = float(os.environ.get("FASTWS_ROOM_SYNC_WAIT_MS", "2")) / 1000
+# the WAL is checkpointed (on the chain) after this many commits or bytes
+CHECKPOINT_COMMITS = 512
+CHECKPOINT_BYTES = 2 << 20
+_sync_waited: dict[asyncio.AbstractEventLoop, float] = {}
+
+
+def _sync_wait_left(loop: asyncio.AbstractEventLoop) -> float:
+    """What is left of this loop iteration's SYNC_WAIT (shared by every room of the loop)."""
+    spent = _sync_waited.get(loop)
+    if spent is None:
+        spent = _sync_waited[loop] = 0.0
+        loop.call_soon(_sync_waited.pop, loop, None)  # the next iteration starts afresh
+    return SYNC_WAIT - spent
+
+
+def _sync_wait_spent(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    if loop in _sync_waited:
+        _sync_waited[loop] += seconds
+
+
+_log_insert_sqls: dict[int, str] = {}
+
+
+def _log_insert_sql(n: int) -> str:
+    """``INSERT`` of ``n`` log entries in one statement (one text per n, so SQLite's statement
+    cache prepares each once)."""
+    sql = _log_insert_sqls.get(n)
+    if sql is None:
+        sql = _log_insert_sqls[n] = ("INSERT OR REPLACE INTO _fastws_log (offset, ts, data) VALUES "
+                                     + ",".join(["(?, ?, ?)"] * n))
+    return sql
 
 
 class StorageError(FastWSError):
@@ -136,6 +188,18 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
+def _finish(fut: asyncio.Future[Any], result: Any, exc: BaseException | None,
+            done: Callable[[asyncio.Future[Any]], None]) -> None:
+    """A job with a ``done`` callback ended: settle its future and run the callback in the same
+    loop callback (a done-callback of the future would wait for the next loop iteration)."""
+    if not fut.done():
+        if exc is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(exc)
+    done(fut)
+
+
 class _Chain:
     """Jobs of one room, run one after another on the shared pool."""
 
@@ -143,14 +207,18 @@ class _Chain:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._jobs: deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = deque()
+        self._jobs: deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any],
+                                Callable[[asyncio.Future[Any]], None] | None]] = deque()
         self._lock = threading.Lock()
         self._busy = False
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    def submit(self, fn: Callable[..., Any], *args: Any,
+               done: Callable[[asyncio.Future[Any]], None] | None = None) -> asyncio.Future[Any]:
+        """Run ``fn(*args)`` after the jobs before it; its future, and ``done(future)`` called
+        from the loop as soon as it ends (in the callback that settles the future)."""
         fut: asyncio.Future[Any] = self._loop.create_future()
         with self._lock:
-            self._jobs.append((fn, args, fut))
+            self._jobs.append((fn, args, fut, done))
             if not self._busy:
                 self._busy = True
                 _get_pool().submit(self._drain)
@@ -158,24 +226,35 @@ class _Chain:
 
     def _drain(self) -> None:
         loop = self._loop
+        with self._lock:
+            fn, args, fut, done = self._jobs.popleft()
         while True:
-            with self._lock:
-                if not self._jobs:
-                    self._busy = False
-                    return
-                fn, args, fut = self._jobs.popleft()
+            exc: BaseException | None = None
+            result = None
             try:
                 result = fn(*args)
-            except BaseException as exc:
-                try:
+            except BaseException as e:
+                exc = e
+            with self._lock:
+                # idle before the result is posted: the loop, when it sees it, may use the
+                # connection at once (Storage._commit_here)
+                last = not self._jobs
+                if last:
+                    self._busy = False
+                else:
+                    nxt = self._jobs.popleft()
+            try:
+                if done is not None:
+                    loop.call_soon_threadsafe(_finish, fut, result, exc, done)
+                elif exc is not None:
                     loop.call_soon_threadsafe(_set_exception, fut, exc)
-                except RuntimeError:  # loop closed
-                    return
-            else:
-                try:
+                else:
                     loop.call_soon_threadsafe(_set_result, fut, result)
-                except RuntimeError:
-                    return
+            except RuntimeError:  # loop closed
+                return
+            if last:
+                return
+            fn, args, fut, done = nxt
 
 
 def _encode(value: Any) -> tuple[bytes, int]:
@@ -213,7 +292,7 @@ class _Db:
     """The SQLite side (runs on pool threads, one job at a time per room)."""
 
     __slots__ = ("path", "quota", "synchronous", "conn", "page_size", "pages", "error", "name", "legacy",
-                 "absent", "log_low", "estimated")
+                 "absent", "log_low", "estimated", "wal_fd", "own_sync")
 
     def __init__(self, path: str, quota: int, synchronous: str, name: str | None = None,
                  legacy: str | None = None) -> None:
@@ -231,6 +310,12 @@ class _Db:
         # the log table may not exist yet)
         self.log_low: int | None = None
         self.estimated = 0  # bytes added by log-only commits since the pages were last counted
+        # FULL and NORMAL: the connection runs with SQLite's NORMAL (a commit writes the WAL, no
+        # fsync) and no automatic checkpoints (Storage runs them on the pool); for FULL this
+        # side then fsyncs the WAL itself (sync_wal) before the commit counts, so a commit can
+        # be written on the event loop and made durable off it (see Storage._flush)
+        self.wal_fd = -1
+        self.own_sync = False
 
     def open(self) -> dict[str, Any]:
         """Open the file if there is one; a room that never wrote has none (and gets none until
@@ -269,7 +354,11 @@ class _Db:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise sqlite3.DatabaseError(f"journal_mode is {mode}, not wal")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            if self.synchronous in ("FULL", "NORMAL"):
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+            else:
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA cache_size=-{max(64, CACHE_KIB)}")
             global _heap_limit_set
             if not _heap_limit_set and HEAP_MIB > 0:
@@ -282,12 +371,38 @@ class _Db:
             if self.name is not None:
                 conn.execute("INSERT OR IGNORE INTO _fastws_meta (key, value) VALUES ('name', ?)", (self.name,))
             self._count_pages(conn)
-        except sqlite3.Error as exc:
+            if self.synchronous == "FULL":
+                # the WAL exists now (the write above); an fsync on any descriptor of the file
+                # flushes it, and SQLite keeps the file while a connection is open
+                self.wal_fd = os.open(self.path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+                self.own_sync = True
+        except (sqlite3.Error, OSError) as exc:
             conn.close()
             self.error = StorageError(f"room database {self.path} is unusable: {exc}")
             raise self.error from None
         self.conn = conn
         return self._meta()
+
+    def sync_wal(self) -> None:
+        """Make every commit written so far durable (FULL: fsync the WAL). A failed fsync
+        leaves the file unusable for this process: what the kernel dropped cannot be told from
+        what SQLite believes is committed."""
+        if self.own_sync:
+            try:
+                os.fdatasync(self.wal_fd)
+            except OSError as exc:
+                self.error = StorageError(f"fsync of {self.path}-wal failed: {exc}")
+                self.close()
+                raise self.error from None
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's pages into the database file, so the WAL is written from its start
+        again (SQLite's automatic checkpoints are off: they would run inside a commit)."""
+        if self.conn is not None:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                logger.warning("fastws.rooms: checkpoint of %s failed: %s", self.path, exc)
 
     def _count_pages(self, conn: sqlite3.Connection) -> None:
         """Pages in use (free pages are reused, so they do not count against the quota)."""
@@ -309,17 +424,34 @@ class _Db:
         return self.conn
 
     def commit(self, kv: dict[str, Any], meta: dict[str, Any], delete_all: bool,
-               log: list[tuple[int, float, str]] | None = None, log_from: int = 0) -> int:
+               log: list[tuple[int, float, str]] | None = None, log_from: int = 0, sync: bool = True) -> int:
+        """Write one batch; durable on return unless ``sync`` is False (then :meth:`sync_wal`
+        makes it so). Returns the database's size."""
+        size = self._commit(kv, meta, delete_all, log, log_from)
+        if sync:
+            self.sync_wal()
+        return size
+
+    def _commit(self, kv: dict[str, Any], meta: dict[str, Any], delete_all: bool,
+                log: list[tuple[int, float, str]] | None, log_from: int) -> int:
         conn = self._c()
         assert conn is not None
         try:
-            conn.execute("BEGIN IMMEDIATE")
             low = self.log_low
+            if log and low is not None and not (kv or meta or delete_all) and len(log) <= LOG_ROWS \
+                    and not (log_from and log_from - low >= LOG_TRIM_STEP):
+                # the common log-only commit: one statement, its own transaction (each SQLite
+                # call releases and retakes the GIL, which a busy event loop holds: fewer calls,
+                # a shorter commit)
+                conn.execute(_log_insert_sql(len(log)), [v for e in log for v in e])
+                return self._log_committed(conn, log)
+            conn.execute("BEGIN IMMEDIATE")
             if log or log_from:
                 if low is None:
                     conn.execute(_LOG_SCHEMA)
-                if log:
-                    conn.executemany("INSERT OR REPLACE INTO _fastws_log (offset, ts, data) VALUES (?, ?, ?)", log)
+                for i in range(0, len(log or ()), LOG_ROWS):
+                    chunk = log[i:i + LOG_ROWS]  # type: ignore[index]
+                    conn.execute(_log_insert_sql(len(chunk)), [v for e in chunk for v in e])
                 # trimmed in steps (readers take the newest entries only): not a DELETE per entry;
                 # the newest entry always stays, so the table knows the last offset
                 if log and log_from and (low is None or log_from - low >= LOG_TRIM_STEP):
@@ -349,9 +481,16 @@ class _Db:
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
                 raise StorageFull(f"room database {self.path} is over its quota of {self.quota} bytes") from None
             raise StorageError(f"commit to {self.path} failed: {exc}") from None
-        if log and not (kv or meta or delete_all) and self.estimated < LOG_COUNT_EVERY:
-            # a log-only commit: the pages are counted every LOG_COUNT_EVERY bytes of entries
-            # (two PRAGMAs cost as much as the commit); the quota check uses the estimate
+        if log and not (kv or meta or delete_all):
+            return self._log_committed(conn, log)
+        self.estimated = 0
+        self._count_pages(conn)
+        return int(self.pages * self.page_size)
+
+    def _log_committed(self, conn: sqlite3.Connection, log: list[tuple[int, float, str]]) -> int:
+        """The size after a log-only commit: the pages are counted every LOG_COUNT_EVERY bytes
+        of entries (two PRAGMAs cost as much as the commit); the quota check uses the estimate."""
+        if self.estimated < LOG_COUNT_EVERY:
             self.estimated += sum(len(e[2]) + 32 for e in log)
             return int(self.pages * self.page_size) + self.estimated
         self.estimated = 0
@@ -420,6 +559,7 @@ class _Db:
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
                 raise StorageFull(f"room database {self.path} is over its quota of {self.quota} bytes") from None
             raise
+        self.sync_wal()
         self._count_pages(conn)
         return rows
 
@@ -430,6 +570,10 @@ class _Db:
                 self.conn.close()
             finally:
                 self.conn = None
+                if self.wal_fd >= 0:
+                    os.close(self.wal_fd)
+                    self.wal_fd = -1
+                self.own_sync = False
 
 
 class Storage:
@@ -464,6 +608,8 @@ class Storage:
         self._seq = 0  # last batch number handed out
         self._committed = 0
         self._last_commit: asyncio.Future[Any] | None = None
+        self._wal_commits = 0  # commits and bytes since the WAL was last checkpointed
+        self._wal_bytes = 0
         self._on_commit = on_commit
         self._on_failure = on_failure
         self.meta: dict[str, Any] = {}
@@ -539,39 +685,110 @@ class Storage:
         self._flush()
 
     def _flush(self) -> None:
-        """Hand the staged batch to the chain (at the end of a turn, and before reads)."""
+        """Commit the staged batch (at the end of a turn, and before reads): written here and
+        made durable off the loop when it can (:meth:`_commit_here`), else a job on the chain."""
         self._deferred = False
         if not self._scheduled:
             return
         self._scheduled = False
         kv, meta, delete_all = self._kv, self._meta, self._delete_all
         log, log_from = self._log, self._log_from
+        staged = self._staged_bytes
         self._kv, self._meta, self._delete_all, self._staged_bytes = {}, {}, False, 0
         if log or log_from:
             self._log, self._log_from = [], 0
         seq = self._seq
         self._touch()
         t0 = time.perf_counter()
-        if log or log_from:
-            fut = self._chain.submit(self._db.commit, kv, meta, delete_all, log, log_from)
-        else:
-            fut = self._chain.submit(self._db.commit, kv, meta, delete_all)
-        self._last_commit = fut
+        db = self._db
+        if db.conn is not None and db.synchronous in ("FULL", "NORMAL") and not self._inflight \
+                and not self._chain._busy and not delete_all and staged <= INLINE_COMMIT_BYTES \
+                and len(kv) <= INLINE_COMMIT_KEYS \
+                and (not log_from or (db.log_low is not None and log_from - db.log_low <= INLINE_TRIM_ROWS)):
+            self._commit_here(seq, kv, meta, delete_all, log, log_from, t0, staged)
+            return
         self._inflight += 1
-        fut.add_done_callback(lambda f: self._committed_cb(seq, f, t0))
+        done = lambda f: self._committed_cb(seq, f, t0)  # noqa: E731
+        self._last_commit = self._chain.submit(db.commit, kv, meta, delete_all, log, log_from, done=done)
+        self._after_commit(staged)
+
+    def _commit_here(self, seq: int, kv: dict[str, Any], meta: dict[str, Any], delete_all: bool,
+                     log: list[tuple[int, float, str]], log_from: int, t0: float, staged: int) -> None:
+        """Write a small batch on the loop thread (no job is using the connection, and with
+        SQLite's NORMAL a commit only writes the WAL: tens of microseconds), then make it
+        durable: with FULL an fsync of the WAL on the chain, which this turn waits for up to
+        its share of SYNC_WAIT (the rest of the wait happens off the loop; the gate opens when
+        it is done). A commit written on the pool instead costs its turn a loop iteration or
+        more (the pool thread waits for the GIL, which a busy loop holds), and a room's output
+        would wait that much longer for every commit."""
+        db = self._db
+        try:
+            size = db.commit(kv, meta, delete_all, log, log_from, sync=False)
+        except Exception as exc:
+            self._commit_result(seq, 0, exc, t0)
+            return
+        self._after_commit(staged)
+        if not db.own_sync:  # NORMAL: the WAL is written, which is all NORMAL asks
+            self._last_commit = None
+            self._commit_result(seq, size, None, t0)
+            return
+        budget = _sync_wait_left(self._loop)
+        lock = _thread.allocate_lock()
+        lock.acquire()
+        self._inflight += 1
+        counted = [False]  # the commit was counted (after the wait here, or when the job ended)
+        error: list[BaseException | None] = [None]
+
+        def job() -> None:
+            try:
+                db.sync_wal()
+            except BaseException as exc:
+                error[0] = exc
+                raise
+            finally:
+                lock.release()
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            exc = None if fut.cancelled() else fut.exception()  # (retrieved either way)
+            if not counted[0]:
+                counted[0] = True
+                self._inflight -= 1
+                self._commit_result(seq, size, exc, t0)
+            if self._deferred and not self._inflight:
+                self._flush()
+
+        self._last_commit = self._chain.submit(job, done=done)
+        if budget > 0:
+            w0 = time.perf_counter()
+            synced = lock.acquire(timeout=budget)
+            _sync_wait_spent(self._loop, time.perf_counter() - w0)
+            if synced and not counted[0]:
+                # the fsync is done; its job reports later, in a loop callback
+                counted[0] = True
+                self._inflight -= 1
+                self._commit_result(seq, size, error[0], t0)
+
+    def _after_commit(self, nbytes: int) -> None:
+        """Count what went into the WAL; checkpoint it on the chain every so often."""
+        if self._db.synchronous not in ("FULL", "NORMAL"):
+            return
+        self._wal_commits += 1
+        self._wal_bytes += nbytes
+        if self._wal_commits >= CHECKPOINT_COMMITS or self._wal_bytes >= CHECKPOINT_BYTES:
+            self._wal_commits = self._wal_bytes = 0
+            self._chain.submit(self._db.checkpoint).add_done_callback(_ignore_result)
 
     def _committed_cb(self, seq: int, fut: asyncio.Future[Any], t0: float = 0.0) -> None:
         self._inflight -= 1
         try:
-            self._commit_done(seq, fut, t0)
+            if not fut.cancelled():
+                exc = fut.exception()
+                self._commit_result(seq, fut.result() if exc is None else 0, exc, t0)
         finally:
             if self._deferred and not self._inflight:
                 self._flush()
 
-    def _commit_done(self, seq: int, fut: asyncio.Future[Any], t0: float) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
+    def _commit_result(self, seq: int, size: int, exc: BaseException | None, t0: float) -> None:
         recorder.storage("commit", time.perf_counter() - t0, ok=exc is None)
         if exc is not None:
             logger.error("fastws.rooms: %s", exc)
@@ -579,7 +796,7 @@ class Storage:
                 self._on_failure(seq, exc)  # drops what was waiting for this batch
             self._committed = max(self._committed, seq)  # done with it: later output may leave
             return
-        self._size = fut.result()
+        self._size = size
         self._committed = max(self._committed, seq)
         if self._on_commit is not None:
             self._on_commit(seq)

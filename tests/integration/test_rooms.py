@@ -258,13 +258,13 @@ class Ledger(Room):
 
 async def test_messages_after_a_write_leave_only_once_it_is_committed(serve, tmp_path, monkeypatch):
     release = threading.Event()
-    original = storage_mod._Db.commit
+    original = storage_mod._Db.sync_wal
 
-    def slow_commit(self, kv, meta, delete_all):
-        release.wait(5)  # hold the commit (the room's thread), the loop runs on
-        return original(self, kv, meta, delete_all)
+    def slow_sync(self):
+        release.wait(5)  # hold the fsync that makes a commit durable (on the room's thread)
+        return original(self)
 
-    monkeypatch.setattr(storage_mod._Db, "commit", slow_commit)
+    monkeypatch.setattr(storage_mod._Db, "sync_wal", slow_sync)
     server = await serve(RoomRouter(Ledger, data_dir=str(tmp_path)))
     a = await fastws.connect(server.url + "/book")
     b = await fastws.connect(server.url + "/book")
@@ -398,11 +398,11 @@ async def test_a_failed_commit_sends_nothing_that_depended_on_it(serve, tmp_path
     original = storage_mod._Db.commit
     fail = {"next": False}
 
-    def flaky_commit(self, kv, meta, delete_all):
+    def flaky_commit(self, *args, **kw):
         if fail["next"]:
             fail["next"] = False
             raise storage_mod.StorageError("disk I/O error (injected)")
-        return original(self, kv, meta, delete_all)
+        return original(self, *args, **kw)
 
     monkeypatch.setattr(storage_mod._Db, "commit", flaky_commit)
     router = RoomRouter(Fragile, data_dir=str(tmp_path))

@@ -267,3 +267,173 @@ async def test_writes_made_while_a_commit_is_in_flight_go_in_one_transaction(tmp
     assert committed == [1, 2] and not st.pending   # two transactions, not eleven
     assert await st.get(["first", "k9"]) == {"first": 0, "k9": 9}
     await st.close()
+
+
+async def test_log_commits_one_entry_per_turn_and_many_in_one_turn(tmp_path):
+    """The message log's commits: one entry per turn (the single-statement commit), 700 in one
+    turn (inserted in chunks of LOG_ROWS), trims every LOG_TRIM_STEP entries past the limit;
+    another Storage on the same file reads back exactly the newest entries, in order."""
+    from fastws.rooms.storage import LOG_ROWS, LOG_TRIM_STEP
+
+    limit = 500
+    st = make(tmp_path)
+    offset = 0
+
+    def entry() -> tuple[int, float, str]:
+        nonlocal offset
+        offset += 1
+        return (offset, 1000.0 + offset, orjson.dumps({"epoch": "ab12cd34", "offset": offset, "data": "m"}).decode())
+
+    for _ in range(3 * LOG_TRIM_STEP):          # a turn each
+        st._log_append(entry(), max(1, offset - limit + 1))
+        await asyncio.sleep(0)
+    await st.sync()
+    assert 700 > 2 * LOG_ROWS
+    for _ in range(700):                         # one turn
+        st._log_append(entry(), max(1, offset - limit + 1))
+    await st.sync()
+    for _ in range(5):
+        st._log_append(entry(), max(1, offset - limit + 1))
+        await asyncio.sleep(0)
+    await st.sync()
+    await st.close()
+
+    with sqlite3.connect(str(tmp_path / "room.sqlite3")) as db:
+        low, high, count = db.execute("SELECT min(offset), max(offset), count(*) FROM _fastws_log").fetchone()
+    assert high == offset == 3 * LOG_TRIM_STEP + 705
+    assert count == high - low + 1                    # contiguous
+    assert limit <= count < limit + LOG_TRIM_STEP + 700  # trimmed in steps, never below the limit
+
+    again = make(tmp_path)
+    last, rows = await again._log_tail(limit, 0.0)
+    assert last == offset
+    assert [r[0] for r in rows] == list(range(offset - limit + 1, offset + 1))
+    assert all(orjson.loads(r[2])["offset"] == r[0] and r[1] == 1000.0 + r[0] for r in rows)
+    await again.close()
+
+
+async def _opened(tmp_path, **kw) -> Storage:
+    """A storage whose connection is open (its first commit ran on the pool and opened it)."""
+    st = make(tmp_path, **kw)
+    await st.put("opened", True)
+    await st.sync()
+    assert st._db.conn is not None
+    return st
+
+
+async def test_a_commit_waits_for_its_fsync_but_the_loop_does_not(tmp_path, monkeypatch):
+    """FULL: a batch is written on the loop and fsynced on the room's thread. While the fsync
+    is held the loop runs on (past the short wait of its turn), the batch is not counted as
+    committed, so what it gates stays back; once the fsync is done it is."""
+    import threading
+
+    from fastws.rooms import storage as storage_mod
+
+    committed: list[int] = []
+    st = await _opened(tmp_path, on_commit=committed.append)
+    committed.clear()
+    release = threading.Event()
+    calls: list[str] = []
+    original = storage_mod._Db.sync_wal
+
+    def held_sync(self):
+        calls.append(threading.current_thread().name)
+        release.wait(5)
+        return original(self)
+
+    monkeypatch.setattr(storage_mod._Db, "sync_wal", held_sync)
+    await st.put("k", "v")
+    seq = st.seq
+    await asyncio.sleep(0.05)          # the loop turns while the fsync is held
+    assert committed == [] and st.pending
+    assert calls and all(name != threading.current_thread().name for name in calls)  # not on the loop
+    assert await st.get("k") == "v"    # its own writes are visible to the room meanwhile (after the fsync)
+    release.set()
+    await st.sync()
+    assert committed == [seq] and not st.pending
+    with sqlite3.connect(str(tmp_path / "room.sqlite3")) as db:
+        assert db.execute("SELECT value FROM _fastws_kv WHERE key = 'k'").fetchone() == (b'"v"',)
+    await st.close()
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_a_failed_fsync_fails_its_commit(tmp_path, monkeypatch, slow):
+    """An fsync that fails (whether it ends within the turn's wait or after it) is a failed
+    commit: the failure callback gets its batch, on_commit does not."""
+    import time as time_mod
+
+    from fastws.rooms import storage as storage_mod
+
+    committed: list[int] = []
+    failed: list[int] = []
+    st = await _opened(tmp_path, on_commit=committed.append, on_failure=lambda seq, exc: failed.append(seq))
+    committed.clear()
+
+    def broken_sync(self):
+        if slow:
+            time_mod.sleep(0.05)   # past SYNC_WAIT: reported by the job, in a loop callback
+        raise storage_mod.StorageError("fsync failed (injected)")
+
+    monkeypatch.setattr(storage_mod._Db, "sync_wal", broken_sync)
+    await st.put("k", "v")
+    seq = st.seq
+    for _ in range(200):
+        if failed:
+            break
+        await asyncio.sleep(0.01)
+    assert failed == [seq] and committed == []
+    assert not st.pending  # done with it: later output is not held for ever
+    monkeypatch.undo()
+    await st.close()
+
+
+async def test_normal_commits_without_an_fsync_and_the_wal_is_checkpointed(tmp_path, monkeypatch):
+    """NORMAL: the batch counts once written (no fsync of ours). Either way SQLite's automatic
+    checkpoints are off (they would run inside a commit on the loop): the chain checkpoints the
+    WAL every CHECKPOINT_COMMITS commits, so it does not grow without bound."""
+    from fastws.rooms import storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "CHECKPOINT_COMMITS", 40)
+    syncs: list[int] = []
+    checkpoints: list[int] = []
+    original_sync, original_ckpt = storage_mod._Db.sync_wal, storage_mod._Db.checkpoint
+    monkeypatch.setattr(storage_mod._Db, "sync_wal", lambda self: (syncs.append(1), original_sync(self))[1])
+    monkeypatch.setattr(storage_mod._Db, "checkpoint", lambda self: (checkpoints.append(1), original_ckpt(self))[1])
+    committed: list[int] = []
+    st = await _opened(tmp_path, synchronous="NORMAL", on_commit=committed.append)
+    n = 400
+    for i in range(n):                 # a commit each, a few pages of the WAL each
+        await st.put(f"k{i % 7}", "x" * 3000)
+        await st.sync()
+    assert not st.pending and len(committed) == n + 1
+    assert not st._db.own_sync and st._db.wal_fd == -1  # NORMAL: no fsync of ours
+    assert len(checkpoints) >= n // 40 - 1
+    wal = os.path.getsize(str(tmp_path / "room.sqlite3") + "-wal")
+    assert wal < 40 * 4 * 4096 * 2     # about CHECKPOINT_COMMITS commits' pages, not n's
+    await st.close()
+    with sqlite3.connect(str(tmp_path / "room.sqlite3")) as db:
+        assert db.execute("SELECT count(*) FROM _fastws_kv WHERE key LIKE 'k%'").fetchone() == (7,)
+
+
+async def test_an_fsync_the_kernel_refuses_leaves_the_room_unusable(tmp_path):
+    """A real failing fsync (the WAL descriptor swapped for a pipe's: EINVAL): the commit
+    fails, and every later operation says so instead of trusting what may not be on disk."""
+    failed: list[int] = []
+    st = await _opened(tmp_path, on_failure=lambda seq, exc: failed.append(seq))
+    db = st._db
+    r, w = os.pipe()
+    os.close(db.wal_fd)
+    db.wal_fd = r
+    try:
+        await st.put("k", "v")
+        seq = st.seq
+        for _ in range(200):
+            if failed:
+                break
+            await asyncio.sleep(0.01)
+        assert failed == [seq]
+        assert db.wal_fd == -1  # closed with the connection
+        with pytest.raises(StorageError, match="fsync"):
+            await st.get("k")
+    finally:
+        os.close(w)
