@@ -266,6 +266,8 @@ def _close_conn(sock: RoomSocket, code: int, reason: str) -> None:
 from fastws._fanout import broadcast as _engine_broadcast  # noqa: E402  (frames once, corks per turn)
 from fastws._fanout import flush as _engine_flush  # noqa: E402
 
+FLUSH_RELEASED = 32
+
 
 class Room:
     """Base class of a durable room. Subclass it and override the hooks you need.
@@ -427,7 +429,7 @@ class RoomSlot:
     __slots__ = ("ns", "name", "room", "sockets", "queue", "busy", "task", "blockers", "last_event",
                  "storage", "gate", "dropped", "auto", "batcher", "alarm_at", "alarm_handle",
                  "alarm_retry", "hook_started", "timed_out", "current", "closed", "all_conns", "messages",
-                 "history", "__weakref__")
+                 "history", "released", "__weakref__")
 
     def __init__(self, ns: _Namespace, name: str) -> None:
         self.ns = ns
@@ -456,6 +458,7 @@ class RoomSlot:
         self.all_conns: list[Any] | None = None  # cached connections of every socket (for broadcast)
         self.messages = 0                         # messages delivered to the room (metrics)
         self.history: History | None = None       # the message log, while the room is awake
+        self.released = 0                         # sends the last commit let out of the gate
         cls = ns.room_class
         if cls.batch:
             from fastws._batch import Batcher
@@ -496,6 +499,7 @@ class RoomSlot:
             st = self.storage = Storage(room_path(self.ns.data_dir, cls.__name__, self.name), self.ns.loop,
                                         quota=cls.storage_quota, synchronous=cls.synchronous,
                                         on_commit=self._committed, on_failure=self._commit_failed,
+                                        on_synced=self._flush_released,
                                         name=self.name,
                                         legacy_path=legacy_room_path(self.ns.data_dir, cls.__name__, self.name))
         return st
@@ -512,19 +516,23 @@ class RoomSlot:
 
     def _committed(self, seq: int) -> None:
         gate = self.gate
-        released = False
+        released = 0
         while gate and gate[0][0] <= seq:
             _, fn, args = gate.popleft()
-            released = True
+            released += 1
             try:
                 fn(*args)
             except Exception:
                 logger.exception("fastws.rooms: sending from room %r failed", self.name)
-        if released:
-            # what waited for this commit has waited long enough: it leaves now, each
-            # socket's share in one send, not at the end of the loop turn
-            conns = self.all_conns
-            _engine_flush(conns if conns is not None else [s.conn for s in self.sockets if s.conn is not None])
+        self.released = released
+
+    def _flush_released(self) -> None:
+        """The loop waited for this room's commit (a latency-bound room): what it released
+        leaves now, one send per socket, not at the end of the turn. (A commit that finished
+        off the loop leaves its output to the end of the turn, with whatever else is sent in it.)"""
+        conns = self.all_conns
+        if conns and self.released <= FLUSH_RELEASED:
+            _engine_flush(conns)
 
     def _commit_failed(self, seq: int, exc: BaseException) -> None:
         # what was sent after the lost writes must never be seen; the room restarts from disk

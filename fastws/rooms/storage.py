@@ -12,8 +12,9 @@ Theory of operation
    With ``synchronous`` FULL or NORMAL the connection runs with SQLite's NORMAL, so a commit
    only writes the WAL (page cache, tens of microseconds): a small batch is written right on
    the loop thread when no job is using the connection, and, for FULL, made durable by an
-   fsync of the WAL on the chain, which the turn waits for up to ``SYNC_WAIT`` (2 ms per loop
-   iteration, shared by all rooms) before it moves on; the gate opens when the fsync is done.
+   fsync of the WAL on the chain, which the turn waits for up to ``SYNC_WAIT`` (2 ms; and 5%
+   of the loop's time at most, for all rooms) before it moves on; the gate opens when the
+   fsync is done.
    A commit that ran whole on a pool thread would cost its output one loop iteration or more:
    that thread must take the GIL back between SQLite calls, and a busy loop holds it. Big
    batches, and batches while a job runs, still go to the chain whole. SQLite's automatic
@@ -68,30 +69,32 @@ LOG_ROWS = 300  # log entries per INSERT statement (3 parameters each: under SQL
 _LOG_SCHEMA = "CREATE TABLE IF NOT EXISTS _fastws_log (offset INTEGER PRIMARY KEY, ts REAL NOT NULL, data TEXT NOT NULL)"
 
 
-# Commits written on the loop thread (Storage._commit_here): batches up to this size, and the
-# time a loop iteration may spend waiting for their fsyncs (FULL) before it moves on
+# Commits written on the loop thread (Storage._commit_here): batches up to this size. The loop
+# waits for their fsyncs (FULL) SYNC_WAIT at most each, and SYNC_WAIT_SHARE of its time at
+# most in all (a token bucket, shared by every room of the process): a waiting loop serves
+# nobody, which pays when the room's next messages wait for the commit, not when it is saturated
 INLINE_COMMIT_BYTES = 256 << 10
 INLINE_COMMIT_KEYS = 256
 INLINE_TRIM_ROWS = 4096  # log entries a trim may delete (a history_ttl can expire many at once)
 SYNC_WAIT = float(os.environ.get("FASTWS_ROOM_SYNC_WAIT_MS", "2")) / 1000
+SYNC_WAIT_SHARE = 0.05
 # the WAL is checkpointed (on the chain) after this many commits or bytes
 CHECKPOINT_COMMITS = 512
 CHECKPOINT_BYTES = 2 << 20
-_sync_waited: dict[asyncio.AbstractEventLoop, float] = {}
+_sync_bucket = [SYNC_WAIT, 0.0]  # seconds of waiting left, when it was last refilled
 
 
-def _sync_wait_left(loop: asyncio.AbstractEventLoop) -> float:
-    """What is left of this loop iteration's SYNC_WAIT (shared by every room of the loop)."""
-    spent = _sync_waited.get(loop)
-    if spent is None:
-        spent = _sync_waited[loop] = 0.0
-        loop.call_soon(_sync_waited.pop, loop, None)  # the next iteration starts afresh
-    return SYNC_WAIT - spent
+def _sync_wait_left() -> float:
+    """How long the loop may wait for an fsync now (see SYNC_WAIT_SHARE)."""
+    now = time.perf_counter()
+    b = _sync_bucket
+    b[0] = min(SYNC_WAIT, b[0] + (now - b[1]) * SYNC_WAIT_SHARE)
+    b[1] = now
+    return b[0]
 
 
-def _sync_wait_spent(loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-    if loop in _sync_waited:
-        _sync_waited[loop] += seconds
+def _sync_wait_spent(seconds: float) -> None:
+    _sync_bucket[0] -= seconds
 
 
 _log_insert_sqls: dict[int, str] = {}
@@ -587,7 +590,7 @@ class Storage:
     def __init__(self, path: str, loop: asyncio.AbstractEventLoop, *, quota: int = 1 << 30,
                  synchronous: str = "FULL", on_commit: Callable[[int], None] | None = None,
                  on_failure: Callable[[int, BaseException], None] | None = None, name: str | None = None,
-                 legacy_path: str | None = None) -> None:
+                 legacy_path: str | None = None, on_synced: Callable[[], None] | None = None) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = path
@@ -612,6 +615,7 @@ class Storage:
         self._wal_bytes = 0
         self._on_commit = on_commit
         self._on_failure = on_failure
+        self._on_synced = on_synced  # after on_commit, when the loop waited for that commit's fsync
         self.meta: dict[str, Any] = {}
         self.opened = False  # the file was opened and checked once (a connection may be closed since)
         self.connected = False  # a connection is open (or a job that opens one is queued)
@@ -716,9 +720,9 @@ class Storage:
                      log: list[tuple[int, float, str]], log_from: int, t0: float, staged: int) -> None:
         """Write a small batch on the loop thread (no job is using the connection, and with
         SQLite's NORMAL a commit only writes the WAL: tens of microseconds), then make it
-        durable: with FULL an fsync of the WAL on the chain, which this turn waits for up to
-        its share of SYNC_WAIT (the rest of the wait happens off the loop; the gate opens when
-        it is done). A commit written on the pool instead costs its turn a loop iteration or
+        durable: with FULL an fsync of the WAL on the chain, which this turn waits for while
+        the SYNC_WAIT bucket allows (the rest of the wait happens off the loop; the gate opens
+        when it is done). A commit written on the pool instead costs its turn a loop iteration or
         more (the pool thread waits for the GIL, which a busy loop holds), and a room's output
         would wait that much longer for every commit."""
         db = self._db
@@ -732,7 +736,7 @@ class Storage:
             self._last_commit = None
             self._commit_result(seq, size, None, t0)
             return
-        budget = _sync_wait_left(self._loop)
+        budget = _sync_wait_left()
         lock = _thread.allocate_lock()
         lock.acquire()
         self._inflight += 1
@@ -761,12 +765,14 @@ class Storage:
         if budget > 0:
             w0 = time.perf_counter()
             synced = lock.acquire(timeout=budget)
-            _sync_wait_spent(self._loop, time.perf_counter() - w0)
+            _sync_wait_spent(time.perf_counter() - w0)
             if synced and not counted[0]:
                 # the fsync is done; its job reports later, in a loop callback
                 counted[0] = True
                 self._inflight -= 1
                 self._commit_result(seq, size, error[0], t0)
+                if error[0] is None and self._on_synced is not None:
+                    self._on_synced()
 
     def _after_commit(self, nbytes: int) -> None:
         """Count what went into the WAL; checkpoint it on the chain every so often."""
