@@ -295,7 +295,7 @@ class _Db:
     """The SQLite side (runs on pool threads, one job at a time per room)."""
 
     __slots__ = ("path", "quota", "synchronous", "conn", "page_size", "pages", "error", "name", "legacy",
-                 "absent", "log_low", "estimated", "wal_fd", "own_sync")
+                 "absent", "log_low", "estimated", "wal_fd", "own_sync", "managed")
 
     def __init__(self, path: str, quota: int, synchronous: str, name: str | None = None,
                  legacy: str | None = None) -> None:
@@ -317,6 +317,7 @@ class _Db:
         # fsync) and no automatic checkpoints (Storage runs them on the pool); for FULL this
         # side then fsyncs the WAL itself (sync_wal) before the commit counts, so a commit can
         # be written on the event loop and made durable off it (see Storage._flush)
+        self.managed = synchronous in ("FULL", "NORMAL")
         self.wal_fd = -1
         self.own_sync = False
 
@@ -357,7 +358,7 @@ class _Db:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise sqlite3.DatabaseError(f"journal_mode is {mode}, not wal")
-            if self.synchronous in ("FULL", "NORMAL"):
+            if self.managed:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA wal_autocheckpoint=0")
             else:
@@ -705,7 +706,7 @@ class Storage:
         self._touch()
         t0 = time.perf_counter()
         db = self._db
-        if db.conn is not None and db.synchronous in ("FULL", "NORMAL") and not self._inflight \
+        if db.conn is not None and db.managed and not self._inflight \
                 and not self._chain._busy and not delete_all and staged <= INLINE_COMMIT_BYTES \
                 and len(kv) <= INLINE_COMMIT_KEYS \
                 and (not log_from or (db.log_low is not None and log_from - db.log_low <= INLINE_TRIM_ROWS)):
@@ -776,7 +777,7 @@ class Storage:
 
     def _after_commit(self, nbytes: int) -> None:
         """Count what went into the WAL; checkpoint it on the chain every so often."""
-        if self._db.synchronous not in ("FULL", "NORMAL"):
+        if not self._db.managed:
             return
         self._wal_commits += 1
         self._wal_bytes += nbytes

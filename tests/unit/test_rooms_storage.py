@@ -356,6 +356,17 @@ async def test_a_commit_waits_for_its_fsync_but_the_loop_does_not(tmp_path, monk
     await st.close()
 
 
+async def _put_until_it_fails(st: Storage, failed: list[int]) -> int:
+    """Stage a write, wait (2 s at most) for the failure callback; the write's batch number."""
+    await st.put("k", "v")
+    seq = st.seq
+    for _ in range(200):
+        if failed:
+            break
+        await asyncio.sleep(0.01)
+    return seq
+
+
 @pytest.mark.parametrize("slow", [False, True])
 async def test_a_failed_fsync_fails_its_commit(tmp_path, monkeypatch, slow):
     """An fsync that fails (whether it ends within the turn's wait or after it) is a failed
@@ -375,12 +386,7 @@ async def test_a_failed_fsync_fails_its_commit(tmp_path, monkeypatch, slow):
         raise storage_mod.StorageError("fsync failed (injected)")
 
     monkeypatch.setattr(storage_mod._Db, "sync_wal", broken_sync)
-    await st.put("k", "v")
-    seq = st.seq
-    for _ in range(200):
-        if failed:
-            break
-        await asyncio.sleep(0.01)
+    seq = await _put_until_it_fails(st, failed)
     assert failed == [seq] and committed == []
     assert not st.pending  # done with it: later output is not held for ever
     monkeypatch.undo()
@@ -394,10 +400,8 @@ async def test_normal_commits_without_an_fsync_and_the_wal_is_checkpointed(tmp_p
     from fastws.rooms import storage as storage_mod
 
     monkeypatch.setattr(storage_mod, "CHECKPOINT_COMMITS", 40)
-    syncs: list[int] = []
     checkpoints: list[int] = []
-    original_sync, original_ckpt = storage_mod._Db.sync_wal, storage_mod._Db.checkpoint
-    monkeypatch.setattr(storage_mod._Db, "sync_wal", lambda self: (syncs.append(1), original_sync(self))[1])
+    original_ckpt = storage_mod._Db.checkpoint
     monkeypatch.setattr(storage_mod._Db, "checkpoint", lambda self: (checkpoints.append(1), original_ckpt(self))[1])
     committed: list[int] = []
     st = await _opened(tmp_path, synchronous="NORMAL", on_commit=committed.append)
@@ -425,12 +429,7 @@ async def test_an_fsync_the_kernel_refuses_leaves_the_room_unusable(tmp_path):
     os.close(db.wal_fd)
     db.wal_fd = r
     try:
-        await st.put("k", "v")
-        seq = st.seq
-        for _ in range(200):
-            if failed:
-                break
-            await asyncio.sleep(0.01)
+        seq = await _put_until_it_fails(st, failed)
         assert failed == [seq]
         assert db.wal_fd == -1  # closed with the connection
         with pytest.raises(StorageError, match="fsync"):
